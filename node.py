@@ -1,0 +1,542 @@
+"""epscoin node: the lecture's socket server, made real.
+
+    python node.py [--host 127.0.0.1] [--port 5050] [--roles chat] [--connect HOST:PORT ...]
+
+As in the lecture, the node listens on PORT and starts one thread per peer
+(socketserver's ThreadingMixIn does the accept loop). Each thread runs
+`handle_myPeer`: read a frame, turn it into a message, hand the message to the
+roles. Outbound connections (--connect) run the very same handler loop.
+A housekeeping thread enforces the timeouts and calls every role's tick().
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import secrets
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Sequence
+
+import colorama
+
+from protocol.framing import DISCONNECT_MESSAGE, PORT, FrameError, encode_frame
+from protocol.messages import (MESSAGE_TYPES, Chat, Error, Goodbye, Message, MessageError, Version,
+                               decode_message)
+from roles import FULL_NODE_ROLES, ROLE_TYPES, CoreRole, Role
+from roles.base import Handler
+from roles.peer import MAX_SEND_BUFFER, Direction, Peer, SendFlusher, format_address
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("epscoin.node")
+
+LISTEN_BACKLOG = 4096  # the default of 5 (or 128) turns 1,000 quick connects into seconds of SYN retries
+DIAL_TIMEOUT = 5.0  # seconds to wait for an outbound TCP connect
+MAX_DIAL_BACKOFF = 60.0  # seconds between retries of a failing --connect
+STOP_FLUSH_TIME = 1.0  # seconds given to goodbye frames before sockets close at shutdown
+# Commands a peer may send before its version: a person types `ping` or chat before anything else.
+ALLOWED_BEFORE_VERSION = frozenset({"version", "ping", "chat"})
+DEFAULT_DATA_DIR = Path.home() / ".epscoin"
+
+
+@dataclass
+class NodeConfig:
+    host: str = "127.0.0.1"
+    port: int = PORT
+    data_dir: Path = DEFAULT_DATA_DIR
+    roles: tuple[str, ...] = FULL_NODE_ROLES
+    connect: tuple[tuple[str, int], ...] = ()
+    max_inbound: int = 125  # Bitcoin's default of 125 connections
+    handshake_timeout: float = 60.0  # Bitcoin: 60 s for the version to arrive
+    frame_timeout: float = 60.0  # a frame begun must be finished within this (either direction)
+    max_send_buffer: int = MAX_SEND_BUFFER
+    user_agent: str = f"/epscoin:{__version__}/"
+
+
+class DataDirError(Exception):
+    """The data directory cannot be used; the message says why, for a person."""
+
+
+class DataDir:
+    """The node's directory on disk, locked so two nodes never share one (as Bitcoin's .lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self._lock_file: IO[str] = open(path / ".lock", "a")
+        except OSError as error:
+            raise DataDirError(f"cannot use data directory {path}: {error.strerror}") from None
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise DataDirError(f"data directory {path} is in use by another node "
+                               f"(give this one its own --data-dir)") from None
+
+    def close(self) -> None:
+        self._lock_file.close()  # closing releases the flock
+
+
+class PeerHandler(socketserver.BaseRequestHandler):
+    """One thread per peer, inbound and outbound alike: the lecture's handle_myPeer."""
+
+    direction = Direction.INBOUND
+    server: "Node"
+
+    def setup(self) -> None:
+        # One frame is one send, but several frames in a row (version, verack)
+        # would still wait for ACKs under Nagle's algorithm.
+        try:
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # already reset by the peer; the first read will say so
+        self.peer = Peer(self.request, self.client_address, self.direction, self.server.flusher,
+                         self.server.config.max_send_buffer)
+        self.server.add_peer(self.peer)
+
+    def handle(self) -> None:
+        self.handle_myPeer()
+
+    def handle_myPeer(self) -> None:  # noqa: N802  (named as in the lecture)
+        peer = self.peer
+        connected = True
+        while connected:
+            try:
+                msg = peer.reader.read_frame()
+            except FrameError as error:
+                if not peer.closing:
+                    self.server.disconnect(peer, error.reason)
+                break
+            except OSError as error:
+                peer.close(f"connection lost: {error.strerror or error}")
+                break
+            if msg is None:  # the peer closed the connection
+                break
+            connected = self.server.process(peer, msg)
+
+    def finish(self) -> None:
+        self.server.remove_peer(self.peer)
+        self.peer.reader.stream.close()
+
+
+class OutboundPeerHandler(PeerHandler):
+    direction = Direction.OUTBOUND
+
+
+class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """A listening node: accepts peers, dials --connect targets, runs the roles."""
+
+    allow_reuse_address = True
+    daemon_threads = True  # a stuck peer thread can never keep the process alive
+    block_on_close = False  # stop() joins the peer threads itself, with a deadline
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.nonce = secrets.randbits(64) | 1  # never 0, the nonce of a bare `version`
+        self.flusher = SendFlusher()
+        self.data_dir = DataDir(config.data_dir)
+        self._peers_lock = threading.Lock()  # guards _peers and _inbound_count
+        self._peers: dict[Peer, threading.Thread] = {}
+        self._inbound_count = 0
+        self._self_dials: set[tuple[str, int]] = set()  # local ends of connections that reached ourselves
+        self._stopping = threading.Event()
+        self._started = False
+        self._service_threads: list[threading.Thread] = []
+        self.roles: list[Role] = [CoreRole(self)] + [ROLE_TYPES[name](self) for name in config.roles]
+        self._handlers: dict[str, list[Handler]] = {}
+        for role in self.roles:
+            for command, handler in role.handlers().items():
+                self._handlers.setdefault(command, []).append(handler)
+        try:
+            super().__init__((config.host, config.port), PeerHandler)
+        except OSError:
+            self.data_dir.close()
+            raise
+
+    # -- life cycle -------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        host, port = self.server_address[:2]
+        return format_address(host, port)
+
+    def start(self) -> None:
+        """Start accepting, housekeeping and dialling, each on its own thread."""
+        log.info("[STARTING] Node starting... (roles: %s)", ", ".join(r.name for r in self.roles))
+        self._started = True
+        self.flusher.start()
+        self._spawn(self.serve_forever, "accept", 0.1)
+        self._spawn(self._housekeeping, "housekeeping")
+        for host, port in self.config.connect:
+            self._spawn(self._dial_forever, f"dial-{format_address(host, port)}", host, port)
+        log.info("[LISTENING] Node is listening on %s", self.address)
+
+    def stop(self) -> None:
+        """Stop accepting, say goodbye to every peer, and join all threads."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        log.info("[STOPPING] Node shutting down...")
+        if self._started:
+            self.shutdown()  # waits for serve_forever to return
+        self.server_close()
+        peers = self.peers()
+        for peer in peers:
+            peer.send(Goodbye("node shutting down"))
+        deadline = time.monotonic() + STOP_FLUSH_TIME
+        while any(p.pending_send_bytes() for p in peers) and time.monotonic() < deadline:
+            time.sleep(0.01)  # bounded wait for goodbyes to leave; polling is fine at shutdown
+        for peer in peers:
+            peer.close("node shutting down")
+        deadline = time.monotonic() + 2.0
+        with self._peers_lock:
+            threads = list(self._peers.values())
+        for thread in threads + self._service_threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.flusher.stop()
+        self.data_dir.close()
+        log.info("[STOPPED] Node stopped.")
+
+    def _spawn(self, target, name: str, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._service_threads.append(thread)
+        thread.start()
+
+    # -- accepting and dialling --------------------------------------------
+
+    def verify_request(self, request: socket.socket, client_address) -> bool:
+        """Runs on the accept thread: refuse a peer beyond --max-inbound without starting a thread."""
+        with self._peers_lock:
+            full = self._inbound_count >= self.config.max_inbound
+            if not full:
+                self._inbound_count += 1
+        if full:
+            log.warning("[FULL] refusing %s: %d inbound peers already",
+                        format_address(*client_address[:2]), self.config.max_inbound)
+            try:
+                request.send(encode_frame(Error("node full").encode()), socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        return not full
+
+    def handle_error(self, request, client_address) -> None:
+        """socketserver prints a traceback to stderr here; a bug belongs in the log instead."""
+        log.exception("[BUG] handler for %s", format_address(*client_address[:2]))
+
+    def process_request(self, request, client_address) -> None:
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread could be started: give the slot back
+            with self._peers_lock:
+                self._inbound_count -= 1
+            self.shutdown_request(request)
+
+    def _dial_forever(self, host: str, port: int) -> None:
+        """Keep one outbound connection to host:port, retrying with backoff."""
+        target = format_address(host, port)
+        backoff = 1.0
+        while not self._stopping.is_set():
+            try:
+                sock = socket.create_connection((host, port), timeout=DIAL_TIMEOUT)
+            except OSError as error:
+                log.warning("[CONNECT] %s failed: %s; retrying in %.0f s", target, error.strerror or error, backoff)
+            else:
+                with sock:
+                    sock.settimeout(None)
+                    try:
+                        local_end, remote_end = sock.getsockname()[:2], sock.getpeername()[:2]
+                    except OSError:  # reset already
+                        local_end = remote_end = None
+                    if remote_end is not None:
+                        log.info("[CONNECT] connected to %s", target)
+                        OutboundPeerHandler(sock, remote_end, self)  # runs the handler loop on this thread
+                if local_end in self._self_dials:
+                    log.warning("[CONNECT] %s is this node itself; not dialling it again", target)
+                    return
+                backoff = 1.0
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, MAX_DIAL_BACKOFF)
+
+    # -- peers ---------------------------------------------------------------
+
+    def add_peer(self, peer: Peer) -> None:
+        with self._peers_lock:
+            self._peers[peer] = threading.current_thread()
+            count = len(self._peers)
+        threading.current_thread().name = f"peer-{peer.address}"
+        log.info("[NEW CONNECTION] %s connected (%s).", peer.address, peer.direction.value)
+        log.info("[ACTIVE CONNECTIONS] %d", count)
+        self._run_hook("on_connect", peer)
+
+    def remove_peer(self, peer: Peer) -> None:
+        with self._peers_lock:
+            self._peers.pop(peer, None)
+            if peer.direction is Direction.INBOUND:
+                self._inbound_count -= 1
+            count = len(self._peers)
+        peer.close(peer.close_reason or "peer closed the connection")
+        log.info("[DISCONNECTED] %s: %s", peer.address, peer.close_reason)
+        log.info("[ACTIVE CONNECTIONS] %d", count)
+        self._run_hook("on_disconnect", peer)
+
+    def peers(self) -> list[Peer]:
+        with self._peers_lock:
+            return list(self._peers)
+
+    def ready_peers(self) -> list[Peer]:
+        return [peer for peer in self.peers() if peer.ready and not peer.closing]
+
+    def broadcast(self, message: Message, exclude: Peer | None = None) -> int:
+        """Send message to every ready peer but `exclude`; the frame is encoded once."""
+        frame = encode_frame(message.encode())
+        targets = [peer for peer in self.ready_peers() if peer is not exclude]
+        for peer in targets:
+            peer.send_frame(frame)
+        return len(targets)
+
+    def mark_ready(self, peer: Peer) -> None:
+        version = peer.version
+        log.info("[HANDSHAKE] %s is ready (%s, height %d)", peer.address,
+                 version.user_agent or "no user agent", version.height)
+        self._run_hook("on_ready", peer)
+
+    def disconnect_self_connection(self, peer: Peer) -> None:
+        """This inbound peer is our own outbound connection: drop it, and stop that dialler."""
+        self._self_dials.add((peer.host, peer.port))  # the remote end is our dialler's local end
+        self.disconnect(peer, "connected to self (the version carries this node's own nonce)")
+
+    def disconnect(self, peer: Peer, reason: str, tell_peer: bool = True) -> None:
+        """Close a peer, first telling it why with an error frame."""
+        if tell_peer:
+            peer.send(Error(reason))
+        peer.close(reason)
+
+    def version_message(self) -> Version:
+        host, port = self.server_address[:2]
+        return Version(nonce=self.nonce, services=0, user_agent=self.config.user_agent, height=0,
+                       addr_from=format_address(host, port), time=int(time.time()))
+
+    # -- the handler loop's one step ------------------------------------------
+
+    def process(self, peer: Peer, msg: str) -> bool:
+        """Handle one payload from peer; False when the connection should end."""
+        if not msg:
+            return True  # length 0: a keepalive, nothing to answer
+        if msg == DISCONNECT_MESSAGE:
+            peer.send(Goodbye("you sent !exit"))
+            peer.close("peer sent !exit")
+            return False
+        try:
+            message = decode_message(msg)
+            if message is None:
+                message = Chat.typed(msg, sender=peer.address)
+        except MessageError as error:
+            command = msg.partition(" ")[0]
+            peer.send(Error(str(error), about=command if command in MESSAGE_TYPES else "chat"))
+            return True
+        self.dispatch(peer, message)
+        return not peer.closing
+
+    def dispatch(self, peer: Peer, message: Message) -> None:
+        """Hand a message to every role that handles its command."""
+        command = message.command
+        if not peer.ready and command not in ALLOWED_BEFORE_VERSION:
+            if not message.is_answer:
+                peer.send(Error("send version first", about=command))
+            return
+        handlers = self._handlers.get(command)
+        if not handlers:
+            if not message.is_answer:
+                peer.send(Error(f"command '{command}' is not served by this node", about=command))
+            return
+        for handler in handlers:
+            try:
+                handler(peer, message)
+            except Exception:  # a bug in a role must not take the peer's thread down silently
+                log.exception("[BUG] handling %s from %s", command, peer.address)
+                peer.send(Error("internal error", about=command))
+
+    def _run_hook(self, hook: str, peer: Peer) -> None:
+        for role in self.roles:
+            try:
+                getattr(role, hook)(peer)
+            except Exception:
+                log.exception("[BUG] %s.%s(%s)", role.name, hook, peer.address)
+
+    # -- housekeeping ------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        """About once a second (faster with short test timeouts): timeouts, then role ticks."""
+        interval = max(0.02, min(1.0, self.config.handshake_timeout / 4, self.config.frame_timeout / 4))
+        while not self._stopping.wait(interval):
+            now = time.monotonic()
+            for peer in self.peers():
+                self._enforce_timeouts(peer, now)
+            for role in self.roles:
+                try:
+                    role.tick(now)
+                except Exception:
+                    log.exception("[BUG] %s.tick", role.name)
+
+    def _enforce_timeouts(self, peer: Peer, now: float) -> None:
+        config = self.config
+        if peer.closing:
+            return
+        if not peer.ready and now - peer.connected_monotonic > config.handshake_timeout:
+            self.disconnect(peer, f"handshake timeout: no version within {config.handshake_timeout:g} s")
+        elif peer.reader.started_at is not None and now - peer.reader.started_at > config.frame_timeout:
+            self.disconnect(peer, f"frame timeout: a frame was not finished within {config.frame_timeout:g} s")
+        elif peer.send_stalled_for(now) > config.frame_timeout:
+            self.disconnect(peer, f"send timeout: peer took no data for {config.frame_timeout:g} s",
+                            tell_peer=False)
+
+
+# -- the command line -------------------------------------------------------------
+
+TAG_COLOURS = {
+    "STARTING": colorama.Fore.CYAN, "LISTENING": colorama.Fore.CYAN, "STOPPING": colorama.Fore.CYAN,
+    "STOPPED": colorama.Fore.CYAN, "NEW CONNECTION": colorama.Fore.GREEN, "HANDSHAKE": colorama.Fore.GREEN,
+    "CONNECT": colorama.Fore.GREEN, "ACTIVE CONNECTIONS": colorama.Fore.BLUE,
+    "DISCONNECTED": colorama.Fore.YELLOW, "GOODBYE": colorama.Fore.YELLOW,
+}
+LEVEL_COLOURS = {logging.WARNING: colorama.Fore.YELLOW, logging.ERROR: colorama.Fore.RED,
+                 logging.CRITICAL: colorama.Fore.RED}
+CHAT_COLOUR = colorama.Style.BRIGHT  # `[host:port] text` lines: what people typed
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The lecture's `[TAG] text` lines, one per event, coloured by kind."""
+
+    def __init__(self, colour: bool) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        if not self.colour:
+            return f"{stamp} {text}"
+        tag = text[1:text.find("]")] if text.startswith("[") and "]" in text else ""
+        colour = LEVEL_COLOURS.get(record.levelno) or TAG_COLOURS.get(tag, CHAT_COLOUR if tag else "")
+        return f"{colorama.Style.DIM}{stamp}{colorama.Style.RESET_ALL} {colour}{text}{colorama.Style.RESET_ALL}"
+
+
+def configure_logging(level: str, colour: bool) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(ConsoleFormatter(colour))
+    root = logging.getLogger("epscoin")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def parse_host_port(text: str, default_port: int = PORT) -> tuple[str, int]:
+    """`HOST`, `HOST:PORT` or `[IPV6]:PORT` as (host, port); ValueError for a person to read."""
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r} is not HOST[:PORT]")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST[:PORT] with a port from 0 to 65535")
+    return host, int(port)
+
+
+def parse_roles(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ROLE_TYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown role {', '.join(unknown)} (known: {', '.join(sorted(ROLE_TYPES))})")
+    return names
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def host_port_argument(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="node.py", description="Run an epscoin node.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=PORT, help=f"port to listen on; 0 picks a free one (default {PORT})")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="where the node keeps its data (default ~/.epscoin)")
+    parser.add_argument("--roles", type=parse_roles, default=FULL_NODE_ROLES,
+                        help=f"comma-separated roles (default: {','.join(FULL_NODE_ROLES)}; "
+                             f"known: {','.join(sorted(ROLE_TYPES))})")
+    parser.add_argument("--connect", type=host_port_argument, action="append", default=[], metavar="HOST:PORT",
+                        help="keep a connection to this peer (repeatable)")
+    parser.add_argument("--max-inbound", type=int, default=125, help="most inbound peers at once (default 125)")
+    parser.add_argument("--handshake-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
+                        help="drop a peer whose version has not arrived by then (default 60)")
+    parser.add_argument("--frame-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
+                        help="drop a peer that starts a frame and does not finish it (default 60)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--no-colour", "--no-color", dest="colour", action="store_false",
+                        help="plain console output (also when stdout is not a terminal)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    return NodeConfig(host=args.host, port=args.port, data_dir=args.data_dir, roles=args.roles,
+                      connect=tuple(args.connect), max_inbound=args.max_inbound,
+                      handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.port <= 65535 or args.max_inbound < 0:
+        print("error: --port must be 0..65535 and --max-inbound at least 0", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level, colour=args.colour and sys.stdout.isatty())
+    try:
+        node = Node(config_from_args(args))
+    except DataDirError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"error: cannot listen on {format_address(args.host, args.port)}: {error.strerror or error}",
+              file=sys.stderr)
+        return 1
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    node.start()
+    stop_requested.wait()
+    node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

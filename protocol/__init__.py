@@ -1,0 +1,1 @@
+"""What every epscoin implementation must agree on: framing and messages."""

@@ -1,0 +1,16 @@
+"""Every message type of the protocol, one small class each.
+
+Importing this package registers them all in MESSAGE_TYPES.
+"""
+
+from protocol.fields import MessageError
+from protocol.messages.base import MESSAGE_TYPES, Message, decode_message, register
+from protocol.messages.chat import MAX_CHAT_TEXT, Ack, Chat, new_chat_id
+from protocol.messages.control import Error, Goodbye
+from protocol.messages.handshake import PROTOCOL_VERSION, Verack, Version
+from protocol.messages.keepalive import Ping, Pong
+
+__all__ = [
+    "MESSAGE_TYPES", "MAX_CHAT_TEXT", "PROTOCOL_VERSION", "Ack", "Chat", "Error", "Goodbye", "Message",
+    "MessageError", "Ping", "Pong", "Verack", "Version", "decode_message", "new_chat_id", "register",
+]

@@ -1,0 +1,86 @@
+"""The Message base class, the command registry, and payload decoding.
+
+A payload is either `COMMAND`, `COMMAND {json object}`, or chat text:
+
+    ping                      -> Ping(nonce=None)
+    ping {"nonce":7}          -> Ping(nonce=7)
+    hello everyone            -> None (the caller treats it as chat)
+
+Each message type is one small frozen dataclass that knows its command, how to
+check a body (`from_body`) and how to write one (`to_body`). `register` puts
+it in MESSAGE_TYPES, the one table every decoder consults, so a role can add
+a command without touching the decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any, ClassVar, TypeVar
+
+from protocol.fields import MessageError
+
+MESSAGE_TYPES: dict[str, type["Message"]] = {}
+_COMMAND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+M = TypeVar("M", bound="Message")
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One protocol message: a command word and a JSON-object body."""
+
+    command: ClassVar[str]
+    # Answers (verack, pong, ack, error, goodbye) are never answered in turn,
+    # so two nodes can never bounce frames back and forth forever.
+    is_answer: ClassVar[bool] = False
+
+    @classmethod
+    def from_body(cls: type[M], body: dict[str, Any]) -> M:
+        """Build the message from an untrusted body, or raise MessageError."""
+        raise NotImplementedError
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON body; fields that are None are left out."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+    def encode(self) -> str:
+        """The payload text: the bare command when the body is empty."""
+        body = self.to_body()
+        if not body:
+            return self.command
+        return f"{self.command} {json.dumps(body, separators=(',', ':'), sort_keys=True, ensure_ascii=False)}"
+
+
+def register(cls: type[M]) -> type[M]:
+    """Class decorator: make `cls.command` a known command."""
+    if not _COMMAND_PATTERN.fullmatch(cls.command):
+        raise ValueError(f"command {cls.command!r} must be a short lowercase word")
+    if cls.command in MESSAGE_TYPES:
+        raise ValueError(f"command {cls.command!r} is registered twice")
+    MESSAGE_TYPES[cls.command] = cls
+    return cls
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_message(text: str) -> Message | None:
+    """The message a payload carries, None when it is chat, MessageError when malformed."""
+    command, _, rest = text.partition(" ")
+    message_type = MESSAGE_TYPES.get(command)
+    if message_type is None:
+        return None
+    rest = rest.strip()
+    body: Any = {}
+    if rest:
+        try:
+            body = json.loads(rest, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+            raise MessageError(f"body of '{command}' is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise MessageError(f"body of '{command}' must be a JSON object")
+    return message_type.from_body(body)

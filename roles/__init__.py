@@ -1,0 +1,18 @@
+"""What one node chooses to do, one role per module.
+
+ROLE_TYPES maps the names accepted by `node.py --roles` to their classes;
+FULL_NODE_ROLES is what a node runs when no --roles is given. The core role
+(handshake, ping) always runs and is not listed.
+"""
+
+from roles.base import NodeContext, Role
+from roles.chat import ChatRole
+from roles.core import CoreRole
+
+ROLE_TYPES: dict[str, type[Role]] = {
+    ChatRole.name: ChatRole,
+}
+
+FULL_NODE_ROLES: tuple[str, ...] = ("chat",)
+
+__all__ = ["FULL_NODE_ROLES", "ROLE_TYPES", "ChatRole", "CoreRole", "NodeContext", "Role"]

@@ -1,0 +1,68 @@
+"""The Role base class, and the part of the node a role may use.
+
+A role is one thing a node chooses to do (relay chat, route addresses, keep a
+blockchain, mine). It hooks into every peer's handler loop through methods
+named after commands: a role with `on_ping(self, peer, message)` is called for
+every `ping` any peer sends. The lifecycle hooks say when a peer connects,
+finishes its handshake, or leaves; `tick` runs about once a second on the
+node's housekeeping thread.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar, Protocol
+
+from protocol.messages import MESSAGE_TYPES, Message, Version
+from roles.peer import Peer
+
+Handler = Callable[[Peer, Message], None]
+
+
+class NodeContext(Protocol):
+    """What the node offers its roles (node.Node implements it)."""
+
+    nonce: int  # random per node, sent in every version; detects self-connections
+
+    def peers(self) -> list[Peer]: ...
+
+    def ready_peers(self) -> list[Peer]: ...
+
+    def broadcast(self, message: Message, exclude: Peer | None = None) -> int: ...
+
+    def version_message(self) -> Version: ...
+
+    def mark_ready(self, peer: Peer) -> None: ...
+
+    def disconnect(self, peer: Peer, reason: str, tell_peer: bool = True) -> None: ...
+
+    def disconnect_self_connection(self, peer: Peer) -> None: ...
+
+
+class Role:
+    """Base class: override the hooks you need and add `on_<command>` handlers."""
+
+    name: ClassVar[str]
+
+    def __init__(self, node: NodeContext) -> None:
+        self.node = node
+
+    def handlers(self) -> dict[str, Handler]:
+        """This role's `on_<command>` methods, by command."""
+        found = {}
+        for command in MESSAGE_TYPES:
+            method = getattr(self, f"on_{command}", None)
+            if method is not None:
+                found[command] = method
+        return found
+
+    def on_connect(self, peer: Peer) -> None:
+        """A connection opened (before the handshake)."""
+
+    def on_ready(self, peer: Peer) -> None:
+        """The peer's version arrived: it may now use every command."""
+
+    def on_disconnect(self, peer: Peer) -> None:
+        """The connection closed; the peer is no longer in node.peers()."""
+
+    def tick(self, now: float) -> None:
+        """Periodic work, about once a second; `now` is time.monotonic()."""
