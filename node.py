@@ -42,8 +42,9 @@ LISTEN_BACKLOG = 4096  # the default of 5 (or 128) turns 1,000 quick connects in
 DIAL_TIMEOUT = 5.0  # seconds to wait for an outbound TCP connect
 MAX_DIAL_BACKOFF = 60.0  # seconds between retries of a failing --connect
 STOP_FLUSH_TIME = 1.0  # seconds given to goodbye frames before sockets close at shutdown
-# Commands a peer may send before its version: a person types `ping` or chat before anything else.
-ALLOWED_BEFORE_VERSION = frozenset({"version", "ping", "chat"})
+# Commands a peer may send before its version: a person types `ping` or chat before anything
+# else, and a node that refuses us ("node full") says why with error or goodbye.
+ALLOWED_BEFORE_VERSION = frozenset({"version", "ping", "chat", "error", "goodbye"})
 DEFAULT_DATA_DIR = Path.home() / ".epscoin"
 
 
@@ -353,8 +354,7 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         """Hand a message to every role that handles its command."""
         command = message.command
         if not peer.ready and command not in ALLOWED_BEFORE_VERSION:
-            if not message.is_answer:
-                peer.send(Error("send version first", about=command))
+            peer.send(Error("send version first", about=command))
             return
         handlers = self._handlers.get(command)
         if not handlers:
