@@ -27,12 +27,13 @@ from typing import IO, Sequence
 
 import colorama
 
+from protocol.addresses import format_address, parse_host_port
 from protocol.framing import DISCONNECT_MESSAGE, PORT, FrameError, encode_frame
 from protocol.messages import (MESSAGE_TYPES, Chat, Error, Goodbye, Message, MessageError, Version,
                                decode_message)
 from roles import FULL_NODE_ROLES, ROLE_TYPES, CoreRole, Role
 from roles.base import Handler
-from roles.peer import MAX_SEND_BUFFER, Direction, Peer, SendFlusher, format_address
+from roles.peer import MAX_SEND_BUFFER, Direction, Peer, SendFlusher
 
 __version__ = "0.1.0"
 
@@ -442,22 +443,6 @@ def configure_logging(level: str, colour: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-
-
-def parse_host_port(text: str, default_port: int = PORT) -> tuple[str, int]:
-    """`HOST`, `HOST:PORT` or `[IPV6]:PORT` as (host, port); ValueError for a person to read."""
-    host, port = text, str(default_port)
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{text!r} is not HOST[:PORT]")
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not HOST[:PORT] with a port from 0 to 65535")
-    return host, int(port)
 
 
 def parse_roles(text: str) -> tuple[str, ...]:

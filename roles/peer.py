@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 
+from protocol.addresses import format_address
 from protocol.framing import FrameReader, encode_frame
 from protocol.messages import Message, Version
 
@@ -30,11 +31,6 @@ MAX_SEND_BUFFER = 10_000_000  # bytes waiting per peer: two full-size frames and
 class Direction(str, enum.Enum):
     INBOUND = "inbound"  # the peer dialled us
     OUTBOUND = "outbound"  # we dialled the peer
-
-
-def format_address(host: str, port: int) -> str:
-    """`host:port`, with IPv6 hosts in brackets as in URLs."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Peer:
