@@ -13,9 +13,10 @@ commands; everything else goes to the node as typed, so `ping` works by hand.
 
 from __future__ import annotations
 
-import _thread
 import argparse
+import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -65,7 +66,8 @@ class Display:
     def __init__(self, style: Style, interactive: bool) -> None:
         self.style = style
         self.interactive = interactive
-        self._lock = threading.Lock()  # one line at a time on the terminal
+        self._lock = threading.Lock()  # one line at a time on the terminal; guards at_prompt
+        self.at_prompt = False  # input() is waiting, so the prompt must be redrawn
         self._readline = None
         if interactive:
             try:
@@ -74,10 +76,20 @@ class Display:
             except ImportError:
                 pass
 
+    def prompt(self) -> str:
+        """The lecture's `Msg>>` input, marked so arriving lines redraw it."""
+        with self._lock:
+            self.at_prompt = True
+        try:
+            return input(PROMPT)
+        finally:
+            with self._lock:
+                self.at_prompt = False
+
     def show(self, kind: str, text: str) -> None:
         line = f"{getattr(self.style, kind)}{text}{self.style.reset}"
         with self._lock:
-            if self.interactive:
+            if self.at_prompt:
                 typed = self._readline.get_line_buffer() if self._readline else ""
                 # Clear the prompt line, print, then redraw the prompt and what was typed.
                 sys.stdout.write(f"\r\x1b[K{line}\n{PROMPT}{typed}")
@@ -228,7 +240,7 @@ def run_interactive(session: Session) -> int:
     watcher.start()
     while True:
         try:
-            line = input(PROMPT)
+            line = display.prompt()
         except (EOFError, KeyboardInterrupt):
             sys.stdout.write("\n")
             if session.closed.is_set():
@@ -253,10 +265,10 @@ def run_interactive(session: Session) -> int:
 
 
 def _interrupt_when_closed(session: Session) -> None:
-    """Wake the main thread out of input() when the node goes away."""
+    """Wake the main thread out of input() when the node goes away (a real SIGINT interrupts readline)."""
     session.closed.wait()
     if not session.left:
-        _thread.interrupt_main()
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def report_lost(session: Session) -> int:
