@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import ipaddress
 import logging
 import secrets
+import enum
 import signal
 import socket
 import socketserver
+import sqlite3
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Sequence
 
@@ -33,7 +36,9 @@ from protocol.messages import (MESSAGE_TYPES, Chat, Error, Goodbye, Message, Mes
                                decode_message)
 from roles import FULL_NODE_ROLES, ROLE_TYPES, CoreRole, Role
 from roles.base import Handler
+from roles.dns_seed import seed_listen_address
 from roles.peer import MAX_SEND_BUFFER, Direction, Peer, SendFlusher
+from roles.routing import RoutingConfig
 
 __version__ = "0.1.0"
 
@@ -61,6 +66,8 @@ class NodeConfig:
     frame_timeout: float = 60.0  # a frame begun must be finished within this (either direction)
     max_send_buffer: int = MAX_SEND_BUFFER
     user_agent: str = f"/epscoin:{__version__}/"
+    # A role's settings live here under the role's name.
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
 
 class DataDirError(Exception):
@@ -86,6 +93,12 @@ class DataDir:
 
     def close(self) -> None:
         self._lock_file.close()  # closing releases the flock
+
+
+class DialResult(enum.Enum):
+    FAILED = "failed"  # no TCP connection
+    CONNECTED = "connected"  # connected, and the connection has now ended
+    SELF = "self"  # the address leads back to this node
 
 
 class PeerHandler(socketserver.BaseRequestHandler):
@@ -154,28 +167,63 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._stopping = threading.Event()
         self._started = False
         self._service_threads: list[threading.Thread] = []
-        self.roles: list[Role] = [CoreRole(self)] + [ROLE_TYPES[name](self) for name in config.roles]
+        self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        try:
+            super().__init__((config.host, config.port), PeerHandler)  # bind and listen
+        except OSError:
+            self.data_dir.close()
+            raise
+        try:
+            self.roles: list[Role] = [CoreRole(self)] + [
+                ROLE_TYPES[name](self, getattr(config, name, None)) for name in config.roles]
+        except sqlite3.Error as error:
+            self.server_close()
+            self.data_dir.close()
+            raise DataDirError(f"cannot open the databases in {config.data_dir}: {error}") from None
+        self.services = 0
+        for role in self.roles:
+            self.services |= role.services
         self._handlers: dict[str, list[Handler]] = {}
         for role in self.roles:
             for command, handler in role.handlers().items():
                 self._handlers.setdefault(command, []).append(handler)
-        try:
-            super().__init__((config.host, config.port), PeerHandler)
-        except OSError:
-            self.data_dir.close()
-            raise
 
     # -- life cycle -------------------------------------------------------
 
     @property
     def address(self) -> str:
+        return format_address(*self.listen_address)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
         host, port = self.server_address[:2]
-        return format_address(host, port)
+        return host, port
+
+    @property
+    def source_address(self) -> tuple[str, int] | None:
+        """Where outbound connections leave from: the listening IP, so peers see this node's own address."""
+        host = self.listen_address[0]
+        try:
+            if ipaddress.ip_address(host).is_unspecified:
+                return None
+        except ValueError:
+            return None
+        return host, 0
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.path
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def start(self) -> None:
         """Start accepting, housekeeping and dialling, each on its own thread."""
         log.info("[STARTING] Node starting... (roles: %s)", ", ".join(r.name for r in self.roles))
         self._started = True
+        for role in self.roles:
+            role.start()
         self.flusher.start()
         self._spawn(self.serve_forever, "accept", 0.1)
         self._spawn(self._housekeeping, "housekeeping")
@@ -207,6 +255,11 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
             if thread is not threading.current_thread():
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.flusher.stop()
+        for role in self.roles:
+            try:
+                role.stop()
+            except Exception:
+                log.exception("[BUG] %s.stop", role.name)
         self.data_dir.close()
         log.info("[STOPPED] Node stopped.")
 
@@ -218,19 +271,22 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
     # -- accepting and dialling --------------------------------------------
 
     def verify_request(self, request: socket.socket, client_address) -> bool:
-        """Runs on the accept thread: refuse a peer beyond --max-inbound without starting a thread."""
-        with self._peers_lock:
-            full = self._inbound_count >= self.config.max_inbound
-            if not full:
-                self._inbound_count += 1
-        if full:
-            log.warning("[FULL] refusing %s: %d inbound peers already",
-                        format_address(*client_address[:2]), self.config.max_inbound)
+        """Runs on the accept thread: refuse a peer (banned, or beyond --max-inbound) without a thread."""
+        host = client_address[0]
+        refusal = next(filter(None, (role.refuses_inbound(host) for role in self.roles)), None)
+        if refusal is None:
+            with self._peers_lock:
+                if self._inbound_count >= self.config.max_inbound:
+                    refusal = "node full"
+                else:
+                    self._inbound_count += 1
+        if refusal is not None:
+            log.warning("[REFUSED] %s: %s", format_address(*client_address[:2]), refusal)
             try:
-                request.send(encode_frame(Error("node full").encode()), socket.MSG_DONTWAIT)
+                request.send(encode_frame(Error(refusal).encode()), socket.MSG_DONTWAIT)
             except OSError:
                 pass
-        return not full
+        return refusal is None
 
     def handle_error(self, request, client_address) -> None:
         """socketserver prints a traceback to stderr here; a bug belongs in the log instead."""
@@ -244,29 +300,38 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 self._inbound_count -= 1
             self.shutdown_request(request)
 
-    def _dial_forever(self, host: str, port: int) -> None:
-        """Keep one outbound connection to host:port, retrying with backoff."""
+    def open_outbound(self, host: str, port: int, quiet: bool = True) -> DialResult:
+        """Dial host:port and run the connection's handler loop on this thread until it ends."""
         target = format_address(host, port)
+        try:
+            sock = socket.create_connection((host, port), timeout=DIAL_TIMEOUT, source_address=self.source_address)
+        except OSError as error:
+            (log.debug if quiet else log.warning)("[CONNECT] %s failed: %s", target, error.strerror or error)
+            return DialResult.FAILED
+        with sock:
+            sock.settimeout(None)
+            try:
+                local_end, remote_end = sock.getsockname()[:2], sock.getpeername()[:2]
+            except OSError:  # reset already
+                return DialResult.FAILED
+            log.info("[CONNECT] connected to %s", target)
+            OutboundPeerHandler(sock, remote_end, self)
+        if local_end in self._self_dials:
+            log.warning("[CONNECT] %s is this node itself; not dialling it again", target)
+            return DialResult.SELF
+        return DialResult.CONNECTED
+
+    def _dial_forever(self, host: str, port: int) -> None:
+        """Keep one --connect connection to host:port, retrying with backoff."""
         backoff = 1.0
         while not self._stopping.is_set():
-            try:
-                sock = socket.create_connection((host, port), timeout=DIAL_TIMEOUT)
-            except OSError as error:
-                log.warning("[CONNECT] %s failed: %s; retrying in %.0f s", target, error.strerror or error, backoff)
-            else:
-                with sock:
-                    sock.settimeout(None)
-                    try:
-                        local_end, remote_end = sock.getsockname()[:2], sock.getpeername()[:2]
-                    except OSError:  # reset already
-                        local_end = remote_end = None
-                    if remote_end is not None:
-                        log.info("[CONNECT] connected to %s", target)
-                        OutboundPeerHandler(sock, remote_end, self)  # runs the handler loop on this thread
-                if local_end in self._self_dials:
-                    log.warning("[CONNECT] %s is this node itself; not dialling it again", target)
-                    return
+            result = self.open_outbound(host, port, quiet=False)
+            if result is DialResult.SELF:
+                return
+            if result is DialResult.CONNECTED:
                 backoff = 1.0
+            else:
+                log.warning("[CONNECT] retrying %s in %.0f s", format_address(host, port), backoff)
             if self._stopping.wait(backoff):
                 return
             backoff = min(backoff * 2, MAX_DIAL_BACKOFF)
@@ -314,6 +379,14 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
                  version.user_agent or "no user agent", version.height)
         self._run_hook("on_ready", peer)
 
+    def misbehaving(self, peer: Peer, points: int, reason: str) -> None:
+        """The peer broke a rule: every role hears of it (the routing role scores and bans)."""
+        for role in self.roles:
+            try:
+                role.on_misbehaving(peer, points, reason)
+            except Exception:
+                log.exception("[BUG] %s.on_misbehaving", role.name)
+
     def disconnect_self_connection(self, peer: Peer) -> None:
         """This inbound peer is our own outbound connection: drop it, and stop that dialler."""
         self._self_dials.add((peer.host, peer.port))  # the remote end is our dialler's local end
@@ -327,7 +400,7 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def version_message(self) -> Version:
         host, port = self.server_address[:2]
-        return Version(nonce=self.nonce, services=0, user_agent=self.config.user_agent, height=0,
+        return Version(nonce=self.nonce, services=self.services, user_agent=self.config.user_agent, height=0,
                        addr_from=format_address(host, port), time=int(time.time()))
 
     # -- the handler loop's one step ------------------------------------------
@@ -346,8 +419,14 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 message = Chat.typed(msg, sender=peer.address)
         except MessageError as error:
             command = msg.partition(" ")[0]
-            peer.send(Error(str(error), about=command if command in MESSAGE_TYPES else "chat"))
-            return True
+            message_type = MESSAGE_TYPES.get(command)
+            if message_type is not None and message_type.is_answer:
+                # Never answer an answer, even a malformed one: two nodes could bounce errors forever.
+                log.warning("[BAD ANSWER] %s sent a malformed %s: %s", peer.address, command, error)
+            else:
+                peer.send(Error(str(error), about=command if message_type else "chat"))
+            self.misbehaving(peer, error.penalty, str(error))
+            return not peer.closing
         self.dispatch(peer, message)
         return not peer.closing
 
@@ -471,6 +550,13 @@ def host_port_argument(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def dns_listen_argument(text: str) -> tuple[str, int]:
+    try:
+        return seed_listen_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="node.py", description="Run an epscoin node.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -487,6 +573,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop a peer whose version has not arrived by then (default 60)")
     parser.add_argument("--frame-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
                         help="drop a peer that starts a frame and does not finish it (default 60)")
+    routing = parser.add_argument_group("routing and discovery")
+    routing.add_argument("--outbound", type=int, default=8, help="outbound connections to keep (default 8)")
+    routing.add_argument("--dns-seed", action="append", default=[], metavar="NAME",
+                         help="a DNS name whose A/AAAA records are nodes to try first (repeatable)")
+    routing.add_argument("--dns-server", type=host_port_argument, metavar="HOST:PORT",
+                         help="ask this DNS server instead of the system's resolver")
+    routing.add_argument("--seed", type=host_port_argument, action="append", default=[], metavar="HOST[:PORT]",
+                         help="a fallback address, used when DNS gives nothing (repeatable)")
+    routing.add_argument("--no-fixed-seeds", dest="fixed_seeds", action="store_false",
+                         help="do not fall back to the built-in seed list")
+    routing.add_argument("--serve-dns", type=dns_listen_argument, metavar="IP:PORT",
+                         help="serve as a DNS seed on this UDP address")
+    routing.add_argument("--dns-zone", default="seed.epscoin.local", metavar="NAME",
+                         help="the name the DNS seed answers for (default seed.epscoin.local)")
+    routing.add_argument("--ping-interval", type=positive_seconds, default=120.0, metavar="SECONDS",
+                         help="ping each peer this often (default 120)")
+    routing.add_argument("--ping-timeout", type=positive_seconds, default=1200.0, metavar="SECONDS",
+                         help="drop a peer that answers no ping for this long (default 1200)")
+    routing.add_argument("--ban-time", type=positive_seconds, default=86400.0, metavar="SECONDS",
+                         help="how long a misbehaving peer's IP stays banned (default 86400)")
+    routing.add_argument("--whitelist", action="append", default=[], metavar="HOST",
+                         help="never ban this IP (repeatable)")
+    routing.add_argument("--announce-interval", type=positive_seconds, default=86400.0, metavar="SECONDS",
+                         help="re-announce this node's address to its peers this often (default 86400)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--no-colour", "--no-color", dest="colour", action="store_false",
                         help="plain console output (also when stdout is not a terminal)")
@@ -494,15 +604,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    routing = RoutingConfig(
+        outbound=args.outbound, connect_only=bool(args.connect), dns_seeds=tuple(args.dns_seed),
+        dns_server=args.dns_server, seeds=tuple(args.seed), fixed_seeds=args.fixed_seeds,
+        serve_dns=args.serve_dns, dns_zone=args.dns_zone, ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout, ban_time=args.ban_time, whitelist=frozenset(args.whitelist),
+        announce_interval=args.announce_interval, default_port=PORT)
     return NodeConfig(host=args.host, port=args.port, data_dir=args.data_dir, roles=args.roles,
                       connect=tuple(args.connect), max_inbound=args.max_inbound,
-                      handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout)
+                      handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout,
+                      routing=routing)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 <= args.port <= 65535 or args.max_inbound < 0:
-        print("error: --port must be 0..65535 and --max-inbound at least 0", file=sys.stderr)
+    if not 0 <= args.port <= 65535 or args.max_inbound < 0 or args.outbound < 0:
+        print("error: --port must be 0..65535, --max-inbound and --outbound at least 0", file=sys.stderr)
         return 2
     configure_logging(args.log_level, colour=args.colour and sys.stdout.isatty())
     try:
@@ -514,10 +631,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot listen on {format_address(args.host, args.port)}: {error.strerror or error}",
               file=sys.stderr)
         return 1
+    try:
+        node.start()
+    except OSError as error:  # e.g. the --serve-dns address is taken
+        print(f"error: cannot start: {error.strerror or error}", file=sys.stderr)
+        node.stop()
+        return 1
     stop_requested = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop_requested.set())
-    node.start()
     stop_requested.wait()
     node.stop()
     return 0

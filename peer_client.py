@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -27,14 +28,16 @@ import colorama
 
 from protocol.addresses import format_address, parse_host_port
 from protocol.framing import DISCONNECT_MESSAGE, FrameError, FrameReader, encode_frame
-from protocol.messages import Ack, Chat, Error, Goodbye, Message, Pong, Verack, Version, decode_message
+from protocol.messages import (Ack, Addr, Chat, Error, Goodbye, Message, NetworkInfo, PeerInfo, Ping, Pong,
+                               Verack, Version, decode_message)
 
 PROMPT = "Msg>> "
 USER_AGENT = "/epscoin-repl:0.1.0/"
 CONNECT_TIMEOUT = 5.0  # seconds for the TCP connect
 REPLY_TIMEOUT = 10.0  # seconds a scripted line waits for the node to answer
 HELP = """Type a line and press Enter to send it; a line that is not a command is chat.
-Commands the node understands: version, ping, ping {"nonce": 1}, chat {...}, !exit
+Commands the node understands: version, ping, ping {"nonce": 1}, getpeerinfo, getnetworkinfo,
+getaddr, chat {...}, !exit
 Local commands:
   /help   this text
   /quit   leave (sends !exit); Ctrl-D and Ctrl-C do the same"""
@@ -118,7 +121,32 @@ def describe(text: str) -> tuple[str, str]:
         return "system", f"delivered (chat id {message.id})"
     if isinstance(message, Verack):
         return "system", "handshake done"
+    if isinstance(message, PeerInfo):
+        return "system", peer_table(message)
+    if isinstance(message, NetworkInfo):
+        return "system", (f"{message.address} {message.user_agent}: {message.peers} peers "
+                          f"({message.inbound} in, {message.outbound} out), {message.addresses_known} addresses "
+                          f"known, {message.banned} banned, {message.addrs_dropped} addr entries rate-limited")
+    if isinstance(message, Addr):
+        listed = ", ".join(entry.addr for entry in message.addrs[:20])
+        more = f" and {len(message.addrs) - 20} more" if len(message.addrs) > 20 else ""
+        return "system", f"addr: {len(message.addrs)} address(es) {listed}{more}"
     return "system", text
+
+
+PEER_COLUMNS = ("address", "dir", "services", "user agent", "height", "ping ms", "sent", "received", "since", "score")
+
+
+def peer_table(info: PeerInfo) -> str:
+    """getpeerinfo's answer as an aligned table, like bitcoin-cli -netinfo."""
+    rows = [PEER_COLUMNS] + [
+        (row.address, row.direction[:3], str(row.services), row.user_agent or "-", str(row.height),
+         f"{row.ping_ms:.1f}" if row.ping_ms is not None else "-", str(row.bytes_sent), str(row.bytes_received),
+         time.strftime("%H:%M:%S", time.localtime(row.connected_since)), str(row.score))
+        for row in info.peers]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(PEER_COLUMNS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines + [f"{len(info.peers)} peer(s)"])
 
 
 class Session:
@@ -163,7 +191,9 @@ class Session:
                 if text is None:
                     self.close_reason = "the node closed the connection"
                     break
-                if not self._is_sync_pong(text):
+                if text.startswith("ping"):
+                    self._answer_ping(text)  # the node's keepalive: answered, not shown
+                elif not self._is_sync_pong(text):
                     kind, line = describe(text)
                     if text.startswith(("goodbye", "error")):
                         self.last_word = line
@@ -177,6 +207,17 @@ class Session:
             with self._sync_lock:
                 for waiter in self._sync_waiters.values():
                     waiter.set()
+
+    def _answer_ping(self, text: str) -> None:
+        try:
+            message = decode_message(text)
+        except ValueError:
+            return
+        if isinstance(message, Ping):
+            try:
+                self.send(Pong(nonce=message.nonce).encode())
+            except OSError:
+                pass  # the reader will see the connection end
 
     def _is_sync_pong(self, text: str) -> bool:
         if not text.startswith("pong"):

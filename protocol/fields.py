@@ -13,8 +13,18 @@ from typing import Any
 MAX_UINT64 = 2**64 - 1
 
 
+MALFORMED_PENALTY = 10  # misbehaviour points for a malformed command; 100 gets a peer banned
+
+
 class MessageError(ValueError):
-    """A payload names a known command but its body breaks the command's schema."""
+    """A payload names a known command but its body breaks the command's schema.
+
+    `penalty` is how much the sender's misbehaviour score rises (see the routing role).
+    """
+
+    def __init__(self, reason: str, penalty: int = MALFORMED_PENALTY) -> None:
+        super().__init__(reason)
+        self.penalty = penalty
 
 
 _REQUIRED = object()
@@ -43,9 +53,24 @@ def text(body: dict[str, Any], name: str, *, max_length: int, pattern: re.Patter
         raise MessageError(f"field '{name}' must be a string")
     if len(value) > max_length:
         raise MessageError(f"field '{name}' is longer than {max_length} characters")
+    check_printable(value, f"field '{name}'")
     if pattern is not None and not pattern.fullmatch(value):
         raise MessageError(f"field '{name}' has an invalid format")
     return value
+
+
+def check_printable(value: str, what: str, penalty: int = MALFORMED_PENALTY) -> None:
+    """Refuse control characters (they would let one peer repaint another's terminal or forge
+    log lines) and lone surrogates (JSON can escape them, UTF-8 cannot encode them)."""
+    if _CONTROL.search(value):
+        raise MessageError(f"{what} contains control characters", penalty=penalty)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MessageError(f"{what} is not valid Unicode text", penalty=penalty) from None
+
+
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 and C1 controls; tab is allowed
 
 
 def _get(body: dict[str, Any], name: str, default: Any) -> Any:

@@ -52,6 +52,8 @@ def encode_frame(text: str) -> bytes:
 
 def parse_header(header: bytes, max_payload: int = MAX_PAYLOAD) -> int:
     """The payload length a 64-byte header announces, checked before anything is allocated."""
+    if len(header) != HEADER:
+        raise FrameError(f"header of {len(header)} bytes: a header is exactly {HEADER} bytes")
     match = _HEADER_PATTERN.fullmatch(header)
     if match is None:
         raise FrameError(f"bad header {_preview(header)}: expected ASCII digits padded with spaces")

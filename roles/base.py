@@ -10,6 +10,7 @@ node's housekeeping thread.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, ClassVar, Protocol
 
 from protocol.messages import MESSAGE_TYPES, Message, Version
@@ -22,6 +23,11 @@ class NodeContext(Protocol):
     """What the node offers its roles (node.Node implements it)."""
 
     nonce: int  # random per node, sent in every version; detects self-connections
+    services: int  # the service bits of every role, sent in version
+    listen_address: tuple[str, int]  # where the node accepts peers
+    source_address: tuple[str, int] | None  # where its outbound connections leave from
+    data_path: Path  # the node's data directory
+    stopping: bool
 
     def peers(self) -> list[Peer]: ...
 
@@ -37,13 +43,18 @@ class NodeContext(Protocol):
 
     def disconnect_self_connection(self, peer: Peer) -> None: ...
 
+    def misbehaving(self, peer: Peer, points: int, reason: str) -> None: ...
+
+    def open_outbound(self, host: str, port: int) -> bool: ...
+
 
 class Role:
     """Base class: override the hooks you need and add `on_<command>` handlers."""
 
     name: ClassVar[str]
+    services: ClassVar[int] = 0  # service bits this role adds to the node's version
 
-    def __init__(self, node: NodeContext) -> None:
+    def __init__(self, node: NodeContext, settings: object | None = None) -> None:
         self.node = node
 
     def handlers(self) -> dict[str, Handler]:
@@ -54,6 +65,19 @@ class Role:
             if method is not None:
                 found[command] = method
         return found
+
+    def start(self) -> None:
+        """The node is about to accept peers."""
+
+    def stop(self) -> None:
+        """The node has closed every connection; release files and threads."""
+
+    def refuses_inbound(self, host: str) -> str | None:
+        """A reason to refuse a new inbound connection from host (e.g. a ban), or None."""
+        return None
+
+    def on_misbehaving(self, peer: Peer, points: int, reason: str) -> None:
+        """The peer broke a rule; `points` toward its misbehaviour score."""
 
     def on_connect(self, peer: Peer) -> None:
         """A connection opened (before the handshake)."""

@@ -21,7 +21,7 @@ SEEN_CHAT_IDS = 50_000  # remembered ids; far more than a network relays in a re
 class ChatRole(Role):
     name = "chat"
 
-    def __init__(self, node: NodeContext) -> None:
+    def __init__(self, node: NodeContext, settings: object | None = None) -> None:
         super().__init__(node)
         self.seen = SeenFilter(SEEN_CHAT_IDS)
 

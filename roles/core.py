@@ -28,15 +28,14 @@ class CoreRole(Role):
     def on_version(self, peer: Peer, message: Version) -> None:
         if peer.ready:
             peer.send(Error("duplicate version: the handshake is already done", about="version"))
+            self.node.misbehaving(peer, 1, "duplicate version")  # Bitcoin scores it 1
             return
         if message.nonce == self.node.nonce:
             self.node.disconnect_self_connection(peer)
             return
-        if not peer.sent_version:
-            peer.send(self.node.version_message())
-            peer.sent_version = True
-        peer.send(Verack())
-        peer.version = message
+        replies = [] if peer.sent_version else [self.node.version_message()]
+        peer.sent_version = True
+        peer.become_ready(message, replies + [Verack()])
         self.node.mark_ready(peer)
 
     def on_verack(self, peer: Peer, message: Verack) -> None:

@@ -46,12 +46,14 @@ class Peer:
         self.connected_monotonic = time.monotonic()
         self.reader = FrameReader(sock.makefile("rb"))
         self.version: Version | None = None  # set when the peer's version arrives
+        self.ready_at = float("inf")  # monotonic time the version arrived
         self.sent_version = False
         self.bytes_sent = 0
         self.close_reason: str | None = None
         self._flusher = flusher
         self._max_send_buffer = max_send_buffer
-        self._send_lock = threading.Lock()  # guards _outbox and every write to sock
+        # Guards _outbox, every write to sock, and the switch to ready (see become_ready).
+        self._send_lock = threading.RLock()
         self._outbox = bytearray()
         self._flush_requested = False
         self._last_send_progress = time.monotonic()
@@ -93,6 +95,18 @@ class Peer:
             if not self._flush_requested:
                 self._flush_requested = True
                 self._flusher.want_write(self)
+
+    def become_ready(self, version: Version, replies: list[Message]) -> None:
+        """Record the peer's version and queue the handshake replies, as one step.
+
+        A relay from another thread either sees the peer not ready (and skips it)
+        or is queued after the verack: a client that has read its verack misses nothing.
+        """
+        with self._send_lock:
+            self.version = version
+            self.ready_at = time.monotonic()
+            for reply in replies:
+                self.send(reply)
 
     def pending_send_bytes(self) -> int:
         return len(self._outbox)

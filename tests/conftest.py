@@ -11,6 +11,8 @@ from tests.support import NodeProcess
 
 # Short enough that timeout tests run in about a second, long enough for a loaded 2-core CI box.
 TEST_TIMEOUTS = ("--handshake-timeout", "1.5", "--frame-timeout", "1.5")
+# A test node finds no peers by itself: the built-in seed list points at the demo network.
+ISOLATED = ("--no-fixed-seeds",)
 
 
 @pytest.fixture
@@ -20,7 +22,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 
     def start(*args: str, name: str | None = None, **kwargs) -> NodeProcess:
         data_dir = tmp_path / (name or f"node{len(started)}")
-        node = NodeProcess(data_dir, *TEST_TIMEOUTS, *args, **kwargs)
+        node = NodeProcess(data_dir, *TEST_TIMEOUTS, *ISOLATED, *args, **kwargs)
         started.append(node)
         return node
 

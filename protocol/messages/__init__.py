@@ -4,13 +4,16 @@ Importing this package registers them all in MESSAGE_TYPES.
 """
 
 from protocol.fields import MessageError
+from protocol.messages.addr import Addr, AddressEntry, GetAddr
 from protocol.messages.base import MESSAGE_TYPES, Message, decode_message, register
 from protocol.messages.chat import MAX_CHAT_TEXT, Ack, Chat, new_chat_id
 from protocol.messages.control import Error, Goodbye
 from protocol.messages.handshake import PROTOCOL_VERSION, Verack, Version
 from protocol.messages.keepalive import Ping, Pong
+from protocol.messages.peerinfo import GetNetworkInfo, GetPeerInfo, NetworkInfo, PeerInfo, PeerRow
 
 __all__ = [
-    "MESSAGE_TYPES", "MAX_CHAT_TEXT", "PROTOCOL_VERSION", "Ack", "Chat", "Error", "Goodbye", "Message",
-    "MessageError", "Ping", "Pong", "Verack", "Version", "decode_message", "new_chat_id", "register",
+    "MESSAGE_TYPES", "MAX_CHAT_TEXT", "PROTOCOL_VERSION", "Ack", "Addr", "AddressEntry", "Chat", "Error",
+    "GetAddr", "GetNetworkInfo", "GetPeerInfo", "Goodbye", "Message", "MessageError", "NetworkInfo",
+    "PeerInfo", "PeerRow", "Ping", "Pong", "Verack", "Version", "decode_message", "new_chat_id", "register",
 ]

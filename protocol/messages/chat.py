@@ -36,22 +36,17 @@ class Chat(Message):
         return cls(
             id=fields.text(body, "id", max_length=64, pattern=CHAT_ID_PATTERN),
             sender=fields.text(body, "from", max_length=MAX_ADDRESS_TEXT),
-            text=cls._checked_text(fields.text(body, "text", max_length=MAX_CHAT_TEXT)),
+            text=fields.text(body, "text", max_length=MAX_CHAT_TEXT),
         )
 
     @classmethod
     def typed(cls, text: str, sender: str) -> "Chat":
         """A line a person typed (a payload that is no command) becomes a chat message."""
+        # A person's typing mistake is not misbehaviour: no penalty.
         if len(text) > MAX_CHAT_TEXT:
-            raise fields.MessageError(f"chat text is longer than {MAX_CHAT_TEXT} characters")
-        return cls(id=new_chat_id(), sender=sender, text=cls._checked_text(text))
-
-    @staticmethod
-    def _checked_text(text: str) -> str:
-        # Terminal control characters would let one peer repaint another's screen.
-        if any(ord(c) < 32 and c != "\t" or 0x7F <= ord(c) < 0xA0 for c in text):
-            raise fields.MessageError("chat text contains control characters")
-        return text
+            raise fields.MessageError(f"chat text is longer than {MAX_CHAT_TEXT} characters", penalty=0)
+        fields.check_printable(text, "chat text", penalty=0)
+        return cls(id=new_chat_id(), sender=sender, text=text)
 
     def to_body(self) -> dict[str, Any]:
         return {"id": self.id, "from": self.sender, "text": self.text}

@@ -12,6 +12,9 @@ PROTOCOL_VERSION = 1
 MAX_USER_AGENT = 256  # Bitcoin's MAX_SUBVERSION_LENGTH
 MAX_ADDRESS_TEXT = 100  # "host:port"; the longest IPv6 form is 47 characters
 
+# Service bits in `version.services`, as in Bitcoin.
+NODE_NETWORK = 1  # a full peer of the network: relays addresses (and later blocks); 0 is a chat client
+
 
 @register
 @dataclass(frozen=True)
