@@ -30,12 +30,14 @@ from typing import IO, Sequence
 
 import colorama
 
-from protocol.addresses import format_address, parse_host_port
+from protocol.addresses import Scope, format_address, parse_host_port, scope_of
 from protocol.framing import DISCONNECT_MESSAGE, PORT, FrameError, encode_frame
 from protocol.messages import (MESSAGE_TYPES, Chat, Error, Goodbye, Message, MessageError, Version,
                                decode_message)
 from roles import FULL_NODE_ROLES, ROLE_TYPES, CoreRole, Role
 from roles.base import Handler
+from roles.demo_network import FIRST_HOST as FIRST_DEMO_HOST
+from roles.demo_network import run_demo
 from roles.dns_seed import seed_listen_address
 from roles.peer import MAX_SEND_BUFFER, Direction, Peer, SendFlusher
 from roles.routing import RoutingConfig
@@ -559,7 +561,8 @@ def dns_listen_argument(text: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="node.py", description="Run an epscoin node.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; with --demo, the first "
+                                       "node's address, default 127.0.0.2)")
     parser.add_argument("--port", type=int, default=PORT, help=f"port to listen on; 0 picks a free one (default {PORT})")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="where the node keeps its data (default ~/.epscoin)")
@@ -597,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="never ban this IP (repeatable)")
     routing.add_argument("--announce-interval", type=positive_seconds, default=86400.0, metavar="SECONDS",
                          help="re-announce this node's address to its peers this often (default 86400)")
+    parser.add_argument("--demo", nargs="?", type=int, const=5, metavar="N",
+                        help="run a local demo network of N nodes (default 5) on 127.0.0.2, 127.0.0.3, ... "
+                             "port 5050, bootstrapped from a DNS seed; data under DATA_DIR/demo")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--no-colour", "--no-color", dest="colour", action="store_false",
                         help="plain console output (also when stdout is not a terminal)")
@@ -621,7 +627,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.port <= 65535 or args.max_inbound < 0 or args.outbound < 0:
         print("error: --port must be 0..65535, --max-inbound and --outbound at least 0", file=sys.stderr)
         return 2
-    configure_logging(args.log_level, colour=args.colour and sys.stdout.isatty())
+    colour = args.colour and sys.stdout.isatty()
+    if args.demo is not None:
+        if not 1 <= args.demo <= 250:
+            print("error: --demo takes 1 to 250 nodes", file=sys.stderr)
+            return 2
+        first = args.host or FIRST_DEMO_HOST
+        if scope_of(first) is not Scope.LOOPBACK or ipaddress.ip_address(first).version != 4:
+            print("error: the demo runs on IPv4 loopback addresses (127.x.y.z)", file=sys.stderr)
+            return 2
+        return run_demo(args.demo, args.data_dir / "demo", colour, first)
+    args.host = args.host or "127.0.0.1"
+    configure_logging(args.log_level, colour=colour)
     try:
         node = Node(config_from_args(args))
     except DataDirError as error:
