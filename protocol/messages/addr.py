@@ -75,7 +75,3 @@ class GetAddr(Message):
     """"Which peers do you know?" Answered with one `addr`, once per inbound connection."""
 
     command = "getaddr"
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "GetAddr":
-        return cls()

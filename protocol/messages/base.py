@@ -38,8 +38,13 @@ class Message:
 
     @classmethod
     def from_body(cls: type[M], body: dict[str, Any]) -> M:
-        """Build the message from an untrusted body, or raise MessageError."""
-        raise NotImplementedError
+        """Build the message from an untrusted body, or raise MessageError.
+
+        Messages without fields (verack, getaddr, ...) need not override this.
+        """
+        if dataclasses.fields(cls):
+            raise NotImplementedError(f"{cls.__name__} has fields and must check them in from_body")
+        return cls()
 
     def to_body(self) -> dict[str, Any]:
         """The JSON body; fields that are None are left out."""

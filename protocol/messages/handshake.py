@@ -51,7 +51,3 @@ class Verack(Message):
 
     command = "verack"
     is_answer = True
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "Verack":
-        return cls()

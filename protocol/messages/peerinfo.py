@@ -24,10 +24,6 @@ class GetPeerInfo(Message):
 
     command = "getpeerinfo"
 
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "GetPeerInfo":
-        return cls()
-
 
 @dataclass(frozen=True)
 class PeerRow:
@@ -94,10 +90,6 @@ class GetNetworkInfo(Message):
     """"How is your networking?" Answered with `networkinfo`."""
 
     command = "getnetworkinfo"
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "GetNetworkInfo":
-        return cls()
 
 
 @register
