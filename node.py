@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Sequence
 
-import colorama
-
 from protocol.addresses import Scope, format_address, parse_host_port, scope_of
 from protocol.framing import DISCONNECT_MESSAGE, PORT, FrameError, encode_frame
 from protocol.messages import (MESSAGE_TYPES, Chat, Error, Goodbye, Message, MessageError, Version,
                                decode_message)
 from roles import FULL_NODE_ROLES, ROLE_TYPES, CoreRole, Role
 from roles.base import Handler
+from roles.console import OneLineErrorParser, configure_logging
 from roles.demo_network import FIRST_HOST as FIRST_DEMO_HOST
 from roles.demo_network import run_demo
 from roles.dns_seed import seed_listen_address
@@ -487,45 +486,6 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
 # -- the command line -------------------------------------------------------------
 
-TAG_COLOURS = {
-    "STARTING": colorama.Fore.CYAN, "LISTENING": colorama.Fore.CYAN, "STOPPING": colorama.Fore.CYAN,
-    "STOPPED": colorama.Fore.CYAN, "NEW CONNECTION": colorama.Fore.GREEN, "HANDSHAKE": colorama.Fore.GREEN,
-    "CONNECT": colorama.Fore.GREEN, "ACTIVE CONNECTIONS": colorama.Fore.BLUE,
-    "DISCONNECTED": colorama.Fore.YELLOW, "GOODBYE": colorama.Fore.YELLOW,
-}
-LEVEL_COLOURS = {logging.WARNING: colorama.Fore.YELLOW, logging.ERROR: colorama.Fore.RED,
-                 logging.CRITICAL: colorama.Fore.RED}
-CHAT_COLOUR = colorama.Style.BRIGHT  # `[host:port] text` lines: what people typed
-
-
-class ConsoleFormatter(logging.Formatter):
-    """The lecture's `[TAG] text` lines, one per event, coloured by kind."""
-
-    def __init__(self, colour: bool) -> None:
-        super().__init__()
-        self.colour = colour
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        if not self.colour:
-            return f"{stamp} {text}"
-        tag = text[1:text.find("]")] if text.startswith("[") and "]" in text else ""
-        colour = LEVEL_COLOURS.get(record.levelno) or TAG_COLOURS.get(tag, CHAT_COLOUR if tag else "")
-        return f"{colorama.Style.DIM}{stamp}{colorama.Style.RESET_ALL} {colour}{text}{colorama.Style.RESET_ALL}"
-
-
-def configure_logging(level: str, colour: bool) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(ConsoleFormatter(colour))
-    root = logging.getLogger("epscoin")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-
-
 def parse_roles(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in ROLE_TYPES]
@@ -560,7 +520,7 @@ def dns_listen_argument(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="node.py", description="Run an epscoin node.")
+    parser = OneLineErrorParser(prog="node.py", description="Run an epscoin node.")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; with --demo, the first "
                                        "node's address, default 127.0.0.2)")
     parser.add_argument("--port", type=int, default=PORT, help=f"port to listen on; 0 picks a free one (default {PORT})")
@@ -639,6 +599,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args.demo, args.data_dir / "demo", colour, first)
     args.host = args.host or "127.0.0.1"
     configure_logging(args.log_level, colour=colour)
+    # Before the socket listens: from then on a signal means a clean stop, never a kill.
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
     try:
         node = Node(config_from_args(args))
     except DataDirError as error:
@@ -654,9 +618,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot start: {error.strerror or error}", file=sys.stderr)
         node.stop()
         return 1
-    stop_requested = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_requested.set())
     stop_requested.wait()
     node.stop()
     return 0

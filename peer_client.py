@@ -28,8 +28,22 @@ import colorama
 
 from protocol.addresses import format_address, parse_host_port
 from protocol.framing import DISCONNECT_MESSAGE, FrameError, FrameReader, encode_frame
-from protocol.messages import (Ack, Addr, Chat, Error, Goodbye, Message, NetworkInfo, PeerInfo, Ping, Pong,
-                               Verack, Version, decode_message)
+from protocol.messages import (
+    Ack,
+    Addr,
+    Chat,
+    Error,
+    Goodbye,
+    Message,
+    NetworkInfo,
+    PeerInfo,
+    Ping,
+    Pong,
+    Verack,
+    Version,
+    decode_message,
+)
+from roles.console import OneLineErrorParser
 
 PROMPT = "Msg>> "
 USER_AGENT = "/epscoin-repl:0.1.0/"
@@ -325,7 +339,7 @@ def report_lost(session: Session) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peer_client.py", description="Chat with an epscoin node.")
+    parser = OneLineErrorParser(prog="peer_client.py", description="Chat with an epscoin node.")
     parser.add_argument("address", nargs="?", default="127.0.0.1", metavar="HOST[:PORT]",
                         help="the node to join (default 127.0.0.1:5050)")
     parser.add_argument("--send", action="append", default=[], metavar="MSG",

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from protocol.addresses import Scope, format_address, is_routable, listening_scope
+from protocol.addresses import format_address, is_routable, listening_scope
 from protocol.messages import Error, Ping, Pong, Version
 from protocol.messages.addr import MAX_ADDR_ENTRIES, Addr, AddressEntry, GetAddr
 from protocol.messages.handshake import NODE_NETWORK
@@ -53,6 +53,8 @@ CRAWL_INTERVAL = 600  # the seeder re-checks an address after 10 minutes
 CRAWL_WORKERS = 4  # visits at once
 MAX_DISCOVERY_DELAY = 60.0  # seconds between DNS lookups while the node lacks addresses to dial
 BAN_REFRESH_INTERVAL = 60.0  # seconds between sweeps of expired bans
+
+NEVER_BANNED = frozenset({"127.0.0.1", "::1"})  # this machine itself
 
 # The fallback when DNS gives nothing: the demo network's seed node (`node.py --demo` puts it there).
 FIXED_SEEDS: tuple[tuple[str, int], ...] = (("127.0.0.2", 5050),)
@@ -278,6 +280,12 @@ class RoutingRole(Role):
             score = state.score
         log.warning("[MISBEHAVING] %s +%d (%s): score %d", peer.address, points, reason, score)
         if score < BAN_SCORE or peer.host in self.config.whitelist:
+            return
+        if peer.host in NEVER_BANNED:
+            # As Bitcoin never discourages local peers: banning 127.0.0.1 would lock out
+            # every program on the person's own machine. (The demo's 127.0.0.2+ hosts stand
+            # for separate machines and are banned like any other.)
+            self.node.disconnect(peer, f"misbehaving: {reason} (not banned: local address)")
             return
         until = self.book.ban(peer.host, self.config.ban_time, reason)
         with self._lock:

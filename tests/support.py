@@ -117,6 +117,7 @@ class WireClient:
 
     def close(self) -> None:
         try:
+            self.reader.stream.close()  # makefile() holds the descriptor open too
             self.sock.close()
         except OSError:
             pass
