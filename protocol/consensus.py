@@ -1,0 +1,202 @@
+"""The consensus rules: what makes a transaction or a block valid, for every node alike.
+
+Each rule raises ConsensusError with Bitcoin Core's reject code for the same
+rule (e.g. "bad-txns-inputs-missingorspent") and a sentence for people. The
+checks come in Bitcoin's three layers:
+
+- check_transaction / check_block: the object alone (CheckTransaction, CheckBlock);
+- check_header_context / check_block_context: against the chain it extends
+  (ContextualCheckBlockHeader, ContextualCheckBlock);
+- check_inputs: against the coins it spends (Consensus::CheckTxInputs and
+  the signature checks).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from protocol.block import Block, BlockHeader, bits_to_target, target_to_bits
+from protocol.coin_address import decode_address, pubkey_hash
+from protocol.networks import Network
+from protocol.transaction import MAX_MONEY, MAX_TX_SIZE, OutPoint, Transaction
+
+MAX_FUTURE_BLOCK_TIME = 2 * 60 * 60  # Bitcoin's MAX_FUTURE_BLOCK_TIME: two hours
+MEDIAN_TIME_SPAN = 11  # blocks in the median time past
+RETARGET_CLAMP = 4  # the difficulty changes at most 4x per retarget
+
+
+class ConsensusError(Exception):
+    """A consensus rule is broken. `code` is Bitcoin's reject reason; str() is for people."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Coin:
+    """An unspent output, with what the rules need to know about where it came from."""
+
+    amount: int
+    address: str
+    height: int  # of the block that created it
+    is_coinbase: bool
+
+
+class CoinView(Protocol):
+    """The unspent outputs a transaction may spend (the chain's, or the chain's plus the mempool's)."""
+
+    def coin(self, outpoint: OutPoint) -> Coin | None: ...
+
+
+# -- the transaction alone ------------------------------------------------------------------
+
+
+def check_transaction(tx: Transaction, network: Network) -> None:
+    if not tx.inputs:
+        raise ConsensusError("bad-txns-vin-empty", "a transaction needs at least one input")
+    if not tx.outputs:
+        raise ConsensusError("bad-txns-vout-empty", "a transaction needs at least one output")
+    if tx.size > MAX_TX_SIZE:
+        raise ConsensusError("bad-txns-oversize", f"transaction of {tx.size} bytes exceeds {MAX_TX_SIZE}")
+    total = 0
+    for output in tx.outputs:
+        if output.amount <= 0:
+            raise ConsensusError("bad-txns-vout-negative", "an output amount must be positive")
+        if output.amount > MAX_MONEY:
+            raise ConsensusError("bad-txns-vout-toolarge", "an output amount exceeds the money supply")
+        total += output.amount
+        if total > MAX_MONEY:
+            raise ConsensusError("bad-txns-txouttotal-toolarge", "the outputs add up to more than the money supply")
+        try:
+            decode_address(output.address, network.address_prefix)
+        except ValueError as error:
+            raise ConsensusError("bad-txns-address", f"output address {output.address!r}: {error}") from None
+    if tx.is_coinbase:
+        return
+    spent = set()
+    for txin in tx.inputs:
+        if txin.is_coinbase:
+            raise ConsensusError("bad-txns-prevout-null", "only a coinbase transaction has a coinbase input")
+        if txin.prevout in spent:
+            raise ConsensusError("bad-txns-inputs-duplicate", "the same output is spent twice")
+        spent.add(txin.prevout)
+
+
+# -- the block alone ---------------------------------------------------------------------------
+
+
+def check_header(header: BlockHeader, network: Network, now: float) -> None:
+    """Proof of work and a sane time: checkable before the block's transactions arrive."""
+    try:
+        target = bits_to_target(header.bits)
+    except ValueError:
+        target = 0
+    if not 0 < target <= bits_to_target(network.pow_limit_bits):
+        raise ConsensusError("bad-diffbits", "the target is zero, negative or easier than the network allows")
+    if not header.meets_target():
+        raise ConsensusError("high-hash", "the block hash does not meet its target (no proof of work)")
+    if header.time > now + MAX_FUTURE_BLOCK_TIME:
+        raise ConsensusError("time-too-new", "the block time is more than two hours in the future")
+
+
+def check_block(block: Block, network: Network, now: float) -> None:
+    check_header(block.header, network, now)
+    if block.size > network.max_block_size:
+        raise ConsensusError("bad-blk-length", f"block of {block.size} bytes exceeds {network.max_block_size}")
+    if not block.transactions or not block.transactions[0].is_coinbase:
+        raise ConsensusError("bad-cb-missing", "the first transaction must be the coinbase")
+    if any(tx.is_coinbase for tx in block.transactions[1:]):
+        raise ConsensusError("bad-cb-multiple", "only the first transaction may be a coinbase")
+    if len({tx.txid for tx in block.transactions}) != len(block.transactions):
+        # Also closes CVE-2012-2459: a repeated last transaction leaves the merkle root unchanged.
+        raise ConsensusError("bad-txns-duplicate", "the block contains the same transaction twice")
+    if block.computed_merkle_root() != block.header.merkle_root:
+        raise ConsensusError("bad-txnmrklroot", "the merkle root does not match the transactions")
+    for tx in block.transactions:
+        check_transaction(tx, network)
+
+
+# -- against the chain --------------------------------------------------------------------------
+
+HeaderAt = Callable[[int], BlockHeader]  # the header at a height of the chain being extended
+
+
+def block_subsidy(height: int, network: Network) -> int:
+    halvings = height // network.halving_interval
+    return network.initial_subsidy >> halvings if halvings < 64 else 0
+
+
+def median_time_past(times: Sequence[int]) -> int:
+    """The median of the last (up to) 11 block times: a block must be later than this."""
+    return int(statistics.median_low(times[-MEDIAN_TIME_SPAN:]))
+
+
+def next_bits(network: Network, tip_height: int, header_at: HeaderAt) -> int:
+    """The target bits the block after tip_height must carry (Bitcoin's GetNextWorkRequired)."""
+    tip = header_at(tip_height)
+    interval = network.retarget_interval
+    if interval == 0:
+        return network.pow_limit_bits
+    if (tip_height + 1) % interval != 0:
+        return tip.bits
+    # As Bitcoin, the timespan covers interval - 1 gaps (its famous off-by-one, kept for fidelity).
+    first = header_at(max(0, tip_height - (interval - 1)))
+    goal = network.target_spacing * interval
+    actual = min(max(tip.time - first.time, goal // RETARGET_CLAMP), goal * RETARGET_CLAMP)
+    target = min(bits_to_target(tip.bits) * actual // goal, bits_to_target(network.pow_limit_bits))
+    return target_to_bits(target)
+
+
+def check_header_context(header: BlockHeader, prev_height: int, header_at: HeaderAt, network: Network) -> None:
+    """The header fits on the chain at prev_height: expected difficulty, and later than the median time."""
+    expected = next_bits(network, prev_height, header_at)
+    if header.bits != expected:
+        raise ConsensusError("bad-diffbits", f"the block's target bits {header.bits:#x} should be {expected:#x}")
+    times = [header_at(h).time for h in range(max(0, prev_height - MEDIAN_TIME_SPAN + 1), prev_height + 1)]
+    if header.time <= median_time_past(times):
+        raise ConsensusError("time-too-old", "the block time is not after the median of the last 11 blocks")
+
+
+def check_block_context(block: Block, height: int, fees: int, network: Network) -> None:
+    """The coinbase names its height and claims no more than the reward plus the fees."""
+    coinbase = block.transactions[0]
+    if coinbase.inputs[0].coinbase_height != height:
+        raise ConsensusError("bad-cb-height", f"the coinbase must carry the block height {height}")
+    claimed = sum(output.amount for output in coinbase.outputs)
+    allowed = block_subsidy(height, network) + fees
+    if claimed > allowed:
+        raise ConsensusError("bad-cb-amount", f"the coinbase claims {claimed}, more than reward plus fees {allowed}")
+
+
+# -- against the coins it spends ----------------------------------------------------------------
+
+
+def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Network,
+                 verify_signatures: bool = True) -> int:
+    """The fee (inputs minus outputs), after checking every input exists, is mature, and is signed."""
+    total_in = 0
+    for index, txin in enumerate(tx.inputs):
+        coin = view.coin(txin.prevout)
+        if coin is None:
+            raise ConsensusError("bad-txns-inputs-missingorspent",
+                                 f"input {index} spends {txin.prevout.txid}:{txin.prevout.index}, "
+                                 "which does not exist or is already spent")
+        if coin.is_coinbase and spend_height - coin.height < network.coinbase_maturity:
+            raise ConsensusError("bad-txns-premature-spend-of-coinbase",
+                                 f"input {index} spends a coinbase only {spend_height - coin.height} blocks deep "
+                                 f"(needs {network.coinbase_maturity})")
+        if decode_address(coin.address, network.address_prefix) != pubkey_hash(bytes.fromhex(txin.pubkey)):
+            raise ConsensusError("bad-txns-wrong-key", f"input {index}: the public key is not the address's owner")
+        if verify_signatures and not tx.signature_valid(index):
+            raise ConsensusError("bad-txns-signature", f"input {index}: the signature is not valid")
+        total_in += coin.amount
+        if total_in > MAX_MONEY:
+            raise ConsensusError("bad-txns-inputvalues-outofrange", "the inputs add up to more than the money supply")
+    total_out = sum(output.amount for output in tx.outputs)
+    if total_in < total_out:
+        raise ConsensusError("bad-txns-in-belowout", f"outputs ({total_out}) exceed inputs ({total_in})")
+    return total_in - total_out

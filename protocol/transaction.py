@@ -1,0 +1,193 @@
+"""Transactions in the UTXO model, as Bitcoin's, written as canonical JSON.
+
+    {"version":1,
+     "inputs":[{"txid":"9c..","index":0,"pubkey":"02ab..","signature":"3044.."}],
+     "outputs":[{"amount":4999990000,"address":"E5mx.."}],
+     "locktime":0}
+
+An input spends an earlier output (txid, index) and proves ownership with the
+public key whose hash the output's address holds, and a secp256k1 signature.
+A coinbase transaction has one input `{"coinbase": HEIGHT, "data": TEXT}` and
+creates the block reward. Amounts are integers of base units (1 EPS = 10^8),
+never floats.
+
+Ids: the txid is sha256d of the canonical JSON (keys sorted, no spaces,
+UTF-8). What input i signs is sha256d of b"epscoin-sighash", i as 4 bytes,
+and the canonical JSON with every signature set to "" (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import struct
+from dataclasses import dataclass, replace
+from typing import Any
+
+import coincurve
+
+from protocol.hashing import sha256d
+
+COIN = 100_000_000  # base units in 1 EPS
+MAX_MONEY = 21_000_000 * COIN  # Bitcoin's MAX_MONEY: no amount, nor any sum of amounts, may exceed it
+MAX_COINBASE_DATA = 100  # characters; Bitcoin's coinbase scriptSig is at most 100 bytes
+MAX_TX_SIZE = 1_000_000  # bytes of canonical JSON; a transaction must fit in a block
+SIGHASH_TAG = b"epscoin-sighash"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_PUBKEY = re.compile(r"0[23][0-9a-f]{64}")  # compressed secp256k1 point
+_SIGNATURE = re.compile(r"(?:[0-9a-f]{2}){8,72}")  # DER, at most 72 bytes
+
+
+class TransactionFormatError(ValueError):
+    """The JSON is not a well-formed transaction (before any rule about money or signatures)."""
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte string every implementation hashes: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class OutPoint:
+    txid: str
+    index: int
+
+
+@dataclass(frozen=True)
+class TxIn:
+    """Spends `prevout`; for a coinbase, prevout is None and `coinbase_height` is set."""
+
+    prevout: OutPoint | None
+    pubkey: str = ""
+    signature: str = ""
+    coinbase_height: int | None = None
+    coinbase_data: str = ""
+
+    @property
+    def is_coinbase(self) -> bool:
+        return self.prevout is None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.prevout is None:
+            return {"coinbase": self.coinbase_height, "data": self.coinbase_data}
+        return {"txid": self.prevout.txid, "index": self.prevout.index, "pubkey": self.pubkey,
+                "signature": self.signature}
+
+    @classmethod
+    def from_json(cls, item: Any) -> "TxIn":
+        if not isinstance(item, dict):
+            raise TransactionFormatError("an input must be a JSON object")
+        if "coinbase" in item:
+            height, data = item.get("coinbase"), item.get("data", "")
+            if type(height) is not int or not 0 <= height < 2**31:
+                raise TransactionFormatError("coinbase height must be an integer from 0")
+            if not isinstance(data, str) or len(data) > MAX_COINBASE_DATA:
+                raise TransactionFormatError(f"coinbase data must be text of at most {MAX_COINBASE_DATA} characters")
+            return cls(prevout=None, coinbase_height=height, coinbase_data=data)
+        txid, index = item.get("txid"), item.get("index")
+        pubkey, signature = item.get("pubkey"), item.get("signature", "")
+        if not isinstance(txid, str) or not _HEX64.fullmatch(txid):
+            raise TransactionFormatError("input txid must be 64 lowercase hex digits")
+        if type(index) is not int or not 0 <= index < 2**32:
+            raise TransactionFormatError("input index must be an integer from 0 to 2^32-1")
+        if not isinstance(pubkey, str) or not _PUBKEY.fullmatch(pubkey):
+            raise TransactionFormatError("input pubkey must be a compressed public key in hex (66 digits)")
+        if not isinstance(signature, str) or (signature and not _SIGNATURE.fullmatch(signature)):
+            raise TransactionFormatError("input signature must be a DER signature in hex")
+        return cls(prevout=OutPoint(txid, index), pubkey=pubkey, signature=signature)
+
+
+@dataclass(frozen=True)
+class TxOut:
+    amount: int  # base units
+    address: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"amount": self.amount, "address": self.address}
+
+    @classmethod
+    def from_json(cls, item: Any) -> "TxOut":
+        if not isinstance(item, dict):
+            raise TransactionFormatError("an output must be a JSON object")
+        amount, address = item.get("amount"), item.get("address")
+        if type(amount) is not int:
+            raise TransactionFormatError("output amount must be an integer number of base units")
+        if not isinstance(address, str) or not 0 < len(address) <= 40:
+            raise TransactionFormatError("output address must be text of 1 to 40 characters")
+        return cls(amount=amount, address=address)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    inputs: tuple[TxIn, ...]
+    outputs: tuple[TxOut, ...]
+    version: int = 1
+    locktime: int = 0
+
+    @property
+    def is_coinbase(self) -> bool:
+        return len(self.inputs) == 1 and self.inputs[0].is_coinbase
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "inputs": [i.to_json() for i in self.inputs],
+                "outputs": [o.to_json() for o in self.outputs], "locktime": self.locktime}
+
+    @classmethod
+    def from_json(cls, value: Any) -> "Transaction":
+        if not isinstance(value, dict):
+            raise TransactionFormatError("a transaction must be a JSON object")
+        inputs, outputs = value.get("inputs"), value.get("outputs")
+        version, locktime = value.get("version", 1), value.get("locktime", 0)
+        if not isinstance(inputs, list) or not isinstance(outputs, list):
+            raise TransactionFormatError("a transaction needs lists 'inputs' and 'outputs'")
+        if type(version) is not int or type(locktime) is not int or not 0 <= locktime < 2**32:
+            raise TransactionFormatError("version and locktime must be integers")
+        return cls(inputs=tuple(TxIn.from_json(i) for i in inputs),
+                   outputs=tuple(TxOut.from_json(o) for o in outputs), version=version, locktime=locktime)
+
+    @functools.cached_property
+    def serialized(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @functools.cached_property
+    def txid(self) -> str:
+        return sha256d(self.serialized).hex()
+
+    @property
+    def size(self) -> int:
+        return len(self.serialized)
+
+    @functools.cached_property
+    def _unsigned(self) -> bytes:
+        return replace(self, inputs=tuple(replace(i, signature="") for i in self.inputs)).serialized
+
+    def signature_hash(self, index: int) -> bytes:
+        """What input `index` signs: the transaction with every signature blanked, and the index."""
+        return sha256d(SIGHASH_TAG + struct.pack("<I", index) + self._unsigned)
+
+    def signed(self, keys: dict[int, coincurve.PrivateKey]) -> "Transaction":
+        """A copy with inputs signed by the given private keys (input index -> key)."""
+        # The pubkeys are part of what is signed, so they go in first.
+        inputs = list(self.inputs)
+        for index, key in keys.items():
+            inputs[index] = replace(inputs[index], pubkey=key.public_key.format().hex())
+        with_keys = replace(self, inputs=tuple(inputs))
+        for index, key in keys.items():
+            signature = key.sign(with_keys.signature_hash(index), hasher=None).hex()
+            inputs[index] = replace(inputs[index], signature=signature)
+        return replace(self, inputs=tuple(inputs))
+
+    def signature_valid(self, index: int) -> bool:
+        """Whether input `index` carries a valid low-S signature by its pubkey (libsecp256k1)."""
+        txin = self.inputs[index]
+        try:
+            key = coincurve.PublicKey(bytes.fromhex(txin.pubkey))
+            return key.verify(bytes.fromhex(txin.signature), self.signature_hash(index), hasher=None)
+        except (ValueError, TypeError):
+            return False
+
+
+def coinbase_transaction(height: int, outputs: tuple[TxOut, ...], data: str = "") -> Transaction:
+    return Transaction(inputs=(TxIn(prevout=None, coinbase_height=height, coinbase_data=data),), outputs=outputs)
