@@ -1,0 +1,475 @@
+"""The chain store: headers, blocks, the UTXO set, undo data and a tx index, in SQLite.
+
+Bitcoin Core keeps these in LevelDB and flat files; epscoin keeps them in one
+SQLite file (`chain.sqlite` in the data directory), tables a student can read.
+The rules it follows are Bitcoin's:
+
+- every header is stored with its cumulative work; the active chain is the
+  connected chain ending at the most work whose blocks we have;
+- connecting or disconnecting one block is one SQLite transaction, so a node
+  killed at any moment reopens with a UTXO set that equals a replay of its
+  active chain; a reorg is a series of such steps, resumed on restart;
+- disconnecting a block puts back the coins it spent from its undo data.
+
+Consensus checks come from protocol.consensus; this module decides nothing
+about validity itself. One lock (Bitcoin calls its own cs_main) serialises
+every change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from protocol.block import NULL_ID, Block, BlockHeader, work_for
+from protocol.consensus import (Coin, ConsensusError, check_block_context, check_header, check_header_context,
+                                check_inputs)
+from protocol.networks import Network
+from protocol.transaction import OutPoint, Transaction
+
+log = logging.getLogger("epscoin.chain")
+
+# Header status, as Bitcoin's BlockStatus in spirit.
+HEADER_ONLY, HAVE_DATA, CONNECTED, INVALID = 0, 1, 2, -1
+MAX_LOCATOR_DENSE = 10  # the locator lists the last 10 blocks one by one, then doubles its steps
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS headers (
+    id        TEXT PRIMARY KEY,
+    prev      TEXT NOT NULL,
+    height    INTEGER NOT NULL,
+    chainwork TEXT NOT NULL,      -- cumulative work as 64 hex digits: text order is numeric order
+    header    BLOB NOT NULL,      -- the 80 bytes
+    status    INTEGER NOT NULL,   -- 0 header only, 1 block stored, 2 connected once, -1 invalid
+    chain_data INTEGER NOT NULL DEFAULT 0  -- 1 when this block and all its ancestors are stored (nChainTx)
+);
+CREATE INDEX IF NOT EXISTS headers_by_work ON headers (chainwork);
+CREATE INDEX IF NOT EXISTS headers_connectable ON headers (chain_data, chainwork);
+CREATE INDEX IF NOT EXISTS headers_by_prev ON headers (prev);
+CREATE TABLE IF NOT EXISTS blocks (id TEXT PRIMARY KEY, data BLOB NOT NULL);   -- canonical JSON
+CREATE TABLE IF NOT EXISTS active (height INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS utxo (
+    txid TEXT NOT NULL, idx INTEGER NOT NULL, amount INTEGER NOT NULL, address TEXT NOT NULL,
+    height INTEGER NOT NULL, coinbase INTEGER NOT NULL, PRIMARY KEY (txid, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS utxo_by_address ON utxo (address);
+CREATE TABLE IF NOT EXISTS undo (id TEXT PRIMARY KEY, data BLOB NOT NULL);     -- coins the block spent
+CREATE TABLE IF NOT EXISTS txindex (
+    txid TEXT PRIMARY KEY, block TEXT NOT NULL, position INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _work_text(work: int) -> str:
+    return f"{work:064x}"
+
+
+@dataclass(frozen=True)
+class StoredHeader:
+    header: BlockHeader
+    height: int
+    chainwork: int
+    status: int
+
+    @property
+    def block_id(self) -> str:
+        return self.header.block_id
+
+
+@dataclass(frozen=True)
+class ChainChange:
+    """What one call to activate_best_chain did, oldest first in each list."""
+
+    disconnected: list[Block]
+    connected: list[Block]
+    invalid: list[tuple[str, ConsensusError]]
+
+
+class ChainStore:
+    def __init__(self, path: Path, network: Network) -> None:
+        self.network = network
+        self.lock = threading.RLock()  # guards _db and every multi-step change (Bitcoin's cs_main)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: a process crash loses nothing committed
+        self._db.executescript(SCHEMA)
+        self._path_cache: list[tuple[int, str]] = []  # the best header's branch, see _best_path
+        if self._header_row(network.genesis_id) is None:
+            self._store_genesis()
+
+    def close(self) -> None:
+        with self.lock:
+            self._db.close()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _header_row(self, block_id: str) -> StoredHeader | None:
+        row = self._db.execute("SELECT header, height, chainwork, status FROM headers WHERE id = ?",
+                               (block_id,)).fetchone()
+        if row is None:
+            return None
+        return StoredHeader(_parse_header(row[0]), row[1], int(row[2], 16), row[3])
+
+    def header(self, block_id: str) -> StoredHeader | None:
+        with self.lock:
+            return self._header_row(block_id)
+
+    def tip(self) -> StoredHeader:
+        with self.lock:
+            (block_id,) = self._db.execute("SELECT id FROM active ORDER BY height DESC LIMIT 1").fetchone()
+            return self._header_row(block_id)
+
+    @property
+    def height(self) -> int:
+        return self.tip().height
+
+    def best_header(self) -> StoredHeader:
+        """The valid header with the most cumulative work (ahead of the tip while syncing)."""
+        with self.lock:
+            (block_id,) = self._db.execute(
+                "SELECT id FROM headers WHERE status >= 0 ORDER BY chainwork DESC, height ASC LIMIT 1").fetchone()
+            return self._header_row(block_id)
+
+    def active_id(self, height: int) -> str | None:
+        with self.lock:
+            row = self._db.execute("SELECT id FROM active WHERE height = ?", (height,)).fetchone()
+            return row[0] if row else None
+
+    def is_active(self, block_id: str) -> bool:
+        with self.lock:
+            return self._db.execute("SELECT 1 FROM active WHERE id = ?", (block_id,)).fetchone() is not None
+
+    def has_block(self, block_id: str) -> bool:
+        with self.lock:
+            return self._db.execute("SELECT 1 FROM blocks WHERE id = ?", (block_id,)).fetchone() is not None
+
+    def block(self, block_id: str) -> Block | None:
+        with self.lock:
+            row = self._db.execute("SELECT data FROM blocks WHERE id = ?", (block_id,)).fetchone()
+        return Block.from_json(json.loads(row[0])) if row else None
+
+    def coin(self, outpoint: OutPoint) -> Coin | None:
+        """The unspent output at outpoint on the active chain (the CoinView the rules read)."""
+        with self.lock:
+            row = self._db.execute("SELECT amount, address, height, coinbase FROM utxo WHERE txid = ? AND idx = ?",
+                                   (outpoint.txid, outpoint.index)).fetchone()
+        return Coin(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def coins_for(self, addresses: list[str], limit: int, after: tuple[str, int] | None = None
+                  ) -> list[tuple[OutPoint, Coin]]:
+        """Unspent outputs paying to any of addresses, in (txid, index) order, for wallet services."""
+        marks = ",".join("?" * len(addresses))
+        start = after or ("", -1)
+        with self.lock:
+            rows = self._db.execute(
+                f"SELECT txid, idx, amount, address, height, coinbase FROM utxo WHERE address IN ({marks}) "
+                "AND (txid, idx) > (?, ?) ORDER BY txid, idx LIMIT ?", (*addresses, *start, limit)).fetchall()
+        return [(OutPoint(r[0], r[1]), Coin(r[2], r[3], r[4], bool(r[5]))) for r in rows]
+
+    def transaction(self, txid: str) -> tuple[Transaction, str, int] | None:
+        """A confirmed transaction, its block and the block's height (from the tx index)."""
+        with self.lock:
+            row = self._db.execute("SELECT block, position FROM txindex WHERE txid = ?", (txid,)).fetchone()
+            if row is None:
+                return None
+            block = self.block(row[0])
+            return block.transactions[row[1]], row[0], self._header_row(row[0]).height
+
+    def header_at(self, tip_id: str) -> "HeaderLookup":
+        """A function giving the header at a height on the branch ending at tip_id."""
+        return HeaderLookup(self, tip_id)
+
+    def locator(self) -> list[str]:
+        """Block ids from the tip back to genesis, dense at first, then doubling the step (Bitcoin's)."""
+        with self.lock:
+            height = self.height
+            ids, step = [], 1
+            while height > 0:
+                ids.append(self.active_id(height))
+                if len(ids) >= MAX_LOCATOR_DENSE:
+                    step *= 2
+                height -= step
+            ids.append(self.network.genesis_id)
+            return ids
+
+    def headers_after(self, locator: list[str], stop: str, limit: int) -> list[BlockHeader]:
+        """Active-chain headers after the first locator entry on our active chain (genesis if none)."""
+        with self.lock:
+            fork = 0
+            for block_id in locator:
+                row = self._db.execute("SELECT height FROM active WHERE id = ?", (block_id,)).fetchone()
+                if row is not None:
+                    fork = row[0]
+                    break
+            rows = self._db.execute(
+                "SELECT h.header, h.id FROM active a JOIN headers h ON h.id = a.id "
+                "WHERE a.height > ? ORDER BY a.height LIMIT ?", (fork, limit)).fetchall()
+        headers = []
+        for raw, block_id in rows:
+            headers.append(_parse_header(raw))
+            if block_id == stop:
+                break
+        return headers
+
+    def missing_blocks(self, limit: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Ids of blocks on the best header's branch that we have no data for, lowest first."""
+        with self.lock:
+            best, tip = self.best_header(), self.tip()
+            if best.chainwork <= tip.chainwork:
+                return []
+            path = [block_id for height, block_id in self._best_path(best) if height > tip.height]
+            missing: list[str] = []
+            for start in range(0, len(path), 500):
+                chunk = path[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                absent = {row[0] for row in self._db.execute(
+                    f"SELECT id FROM headers WHERE status = {HEADER_ONLY} AND id IN ({marks})", chunk)}
+                missing += [block_id for block_id in chunk if block_id in absent and block_id not in exclude]
+                if len(missing) >= limit:
+                    break
+            return missing[:limit]
+
+    def _best_path(self, best: StoredHeader) -> list[tuple[int, str]]:
+        """(height, id) from genesis side up to best, walking back only past what the last call knew."""
+        cached = self._path_cache
+        if cached and cached[-1][1] == best.block_id:
+            return cached
+        known = {block_id: i for i, (_, block_id) in enumerate(cached)}
+        tail: list[tuple[int, str]] = []
+        stored = best
+        while stored.block_id not in known and stored.height > 0:
+            tail.append((stored.height, stored.block_id))
+            stored = self._header_row(stored.header.prev)
+        prefix = cached[:known[stored.block_id] + 1] if stored.block_id in known else [(0, stored.block_id)]
+        self._path_cache = prefix + tail[::-1]
+        return self._path_cache
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add_header(self, header: BlockHeader, now: float | None = None) -> StoredHeader:
+        """Validate a header against its branch and store it. ConsensusError if it breaks a rule."""
+        with self.lock:
+            known = self._header_row(header.block_id)
+            if known is not None:
+                if known.status == INVALID:
+                    raise ConsensusError("duplicate-invalid", "this block is already known to be invalid")
+                return known
+            parent = self._header_row(header.prev)
+            if parent is None:
+                raise ConsensusError("prev-blk-not-found", "the previous block is unknown")
+            if parent.status == INVALID:
+                raise ConsensusError("bad-prevblk", "the previous block is invalid")
+            check_header(header, self.network, time.time() if now is None else now)
+            check_header_context(header, parent.height, self.header_at(parent.block_id), self.network)
+            stored = StoredHeader(header, parent.height + 1, parent.chainwork + work_for(header.bits), HEADER_ONLY)
+            with self._db:
+                self._db.execute("INSERT INTO headers (id, prev, height, chainwork, header, status) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)",
+                                 (header.block_id, header.prev, stored.height, _work_text(stored.chainwork),
+                                  header.serialize(), HEADER_ONLY))
+            return stored
+
+    def store_block(self, block: Block) -> None:
+        """Keep a block's data (its header must be stored; check_block must have passed)."""
+        with self.lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR IGNORE INTO blocks (id, data) VALUES (?, ?)",
+                             (block.block_id, json.dumps(block.to_json(), separators=(",", ":"))))
+            self._db.execute("UPDATE headers SET status = ? WHERE id = ? AND status = ?",
+                             (HAVE_DATA, block.block_id, HEADER_ONLY))
+            parent = self._db.execute("SELECT chain_data FROM headers WHERE id = ?", (block.header.prev,)).fetchone()
+            if parent and parent[0]:
+                # This block completes a branch: it, and stored descendants waiting on it, are connectable.
+                self._db.execute(
+                    "WITH RECURSIVE ready(id) AS (SELECT ? UNION SELECT h.id FROM headers h JOIN ready "
+                    "ON h.prev = ready.id JOIN blocks b ON b.id = h.id) "
+                    "UPDATE headers SET chain_data = 1 WHERE id IN (SELECT id FROM ready)", (block.block_id,))
+
+    def activate_best_chain(self) -> ChainChange:
+        """Move the tip to the most-work branch whose blocks we have, one block per transaction."""
+        disconnected: list[Block] = []
+        connected: list[Block] = []
+        invalid: list[tuple[str, ConsensusError]] = []
+        with self.lock:
+            while True:
+                target = self._best_connectable()
+                if target is None:
+                    break
+                path = self._path_from_fork(target.block_id)
+                fork_height = path[0].height - 1
+                while self.height > fork_height:
+                    disconnected.append(self._disconnect_tip())
+                failed = False
+                for stored in path:
+                    block = self.block(stored.block_id)
+                    try:
+                        self._connect(block, stored.height)
+                    except ConsensusError as error:
+                        log.warning("[INVALID BLOCK] %s at height %d: %s", block.block_id, stored.height, error)
+                        self._mark_invalid(block.block_id)
+                        invalid.append((block.block_id, error))
+                        failed = True
+                        break
+                    connected.append(block)
+                if not failed:
+                    break
+        return ChainChange(disconnected, connected, invalid)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _store_genesis(self) -> None:
+        genesis = self.network.genesis
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT INTO headers (id, prev, height, chainwork, header, status, chain_data) "
+                             "VALUES (?, ?, 0, ?, ?, ?, 1)", (genesis.block_id, NULL_ID,
+                                                              _work_text(work_for(genesis.header.bits)),
+                                                              genesis.header.serialize(), CONNECTED))
+            self._db.execute("INSERT INTO blocks (id, data) VALUES (?, ?)",
+                             (genesis.block_id, json.dumps(genesis.to_json(), separators=(",", ":"))))
+            self._db.execute("INSERT INTO active (height, id) VALUES (0, ?)", (genesis.block_id,))
+            # As in Bitcoin, the genesis coinbase is not spendable: it never enters the UTXO set.
+
+    def _path_from_fork(self, block_id: str) -> list[StoredHeader]:
+        """Headers from just above the fork with the active chain up to block_id, oldest first."""
+        path = []
+        stored = self._header_row(block_id)
+        while not self.is_active(stored.block_id):
+            path.append(stored)
+            stored = self._header_row(stored.header.prev)
+        path.reverse()
+        return path
+
+    def _best_connectable(self) -> StoredHeader | None:
+        """The most-work valid block whose whole branch is stored, if it beats the tip."""
+        row = self._db.execute("SELECT id FROM headers WHERE chain_data = 1 AND status >= 0 AND chainwork > ? "
+                               "ORDER BY chainwork DESC LIMIT 1", (_work_text(self.tip().chainwork),)).fetchone()
+        return self._header_row(row[0]) if row else None
+
+    def _connect(self, block: Block, height: int) -> None:
+        """Apply one block to the UTXO set, atomically; ConsensusError leaves nothing changed."""
+        created: dict[OutPoint, Coin] = {}
+        spent: list[tuple[OutPoint, Coin]] = []  # coins from the UTXO set: the undo data
+        view = _BlockView(self, created, set())
+        fees = 0
+        for tx in block.transactions[1:]:
+            fees += check_inputs(tx, view, height, self.network)
+            for txin in tx.inputs:
+                if created.pop(txin.prevout, None) is None:  # made and spent in this block: no undo needed
+                    spent.append((txin.prevout, self.coin(txin.prevout)))
+                    view.spent.add(txin.prevout)
+            for index, output in enumerate(tx.outputs):
+                created[OutPoint(tx.txid, index)] = Coin(output.amount, output.address, height, False)
+        check_block_context(block, height, fees, self.network)
+        coinbase = block.transactions[0]
+        for index, output in enumerate(coinbase.outputs):
+            created[OutPoint(coinbase.txid, index)] = Coin(output.amount, output.address, height, True)
+        undo = [[op.txid, op.index, c.amount, c.address, c.height, int(c.is_coinbase)] for op, c in spent]
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
+                                 [(op.txid, op.index) for op, _ in spent])
+            self._db.executemany("INSERT INTO utxo (txid, idx, amount, address, height, coinbase) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)",
+                                 [(op.txid, op.index, c.amount, c.address, c.height, int(c.is_coinbase))
+                                  for op, c in created.items()])
+            self._db.executemany("INSERT OR REPLACE INTO txindex (txid, block, position) VALUES (?, ?, ?)",
+                                 [(tx.txid, block.block_id, i) for i, tx in enumerate(block.transactions)])
+            self._db.execute("INSERT OR REPLACE INTO undo (id, data) VALUES (?, ?)", (block.block_id, json.dumps(undo)))
+            self._db.execute("INSERT INTO active (height, id) VALUES (?, ?)", (height, block.block_id))
+            self._db.execute("UPDATE headers SET status = ? WHERE id = ?", (CONNECTED, block.block_id))
+
+    def _disconnect_tip(self) -> Block:
+        """Undo the tip block, atomically: its outputs leave the UTXO set, the coins it spent return."""
+        tip = self.tip()
+        block = self.block(tip.block_id)
+        (undo_json,) = self._db.execute("SELECT data FROM undo WHERE id = ?", (tip.block_id,)).fetchone()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for tx in block.transactions:
+                self._db.execute("DELETE FROM utxo WHERE txid = ?", (tx.txid,))
+                self._db.execute("DELETE FROM txindex WHERE txid = ? AND block = ?", (tx.txid, block.block_id))
+            self._db.executemany("INSERT INTO utxo (txid, idx, amount, address, height, coinbase) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", [tuple(coin) for coin in json.loads(undo_json)])
+            self._db.execute("DELETE FROM active WHERE height = ?", (tip.height,))
+        return block
+
+    def _mark_invalid(self, block_id: str) -> None:
+        """The block and every descendant of it can never be part of the active chain."""
+        with self._db:
+            self._db.execute(
+                "WITH RECURSIVE bad(id) AS (SELECT ? UNION SELECT h.id FROM headers h JOIN bad ON h.prev = bad.id) "
+                "UPDATE headers SET status = ? WHERE id IN (SELECT id FROM bad)", (block_id, INVALID))
+
+    # -- checking ---------------------------------------------------------------------------------
+
+    def active_blocks(self) -> Iterator[Block]:
+        for height in range(self.height + 1):
+            yield self.block(self.active_id(height))
+
+    def utxo_matches_replay(self) -> bool:
+        """Whether the UTXO table equals a replay of the active chain from genesis (crash tests)."""
+        with self.lock:
+            replay: dict[tuple[str, int], tuple] = {}
+            for height, block in enumerate(self.active_blocks()):
+                if height == 0:
+                    continue
+                for tx in block.transactions:
+                    for txin in tx.inputs:
+                        if txin.prevout is not None:
+                            replay.pop((txin.prevout.txid, txin.prevout.index), None)
+                    for index, output in enumerate(tx.outputs):
+                        replay[(tx.txid, index)] = (output.amount, output.address, height, int(tx.is_coinbase))
+            rows = self._db.execute("SELECT txid, idx, amount, address, height, coinbase FROM utxo").fetchall()
+            return {(r[0], r[1]): tuple(r[2:]) for r in rows} == replay
+
+
+class HeaderLookup:
+    """header_at(height) along one branch, walking back lazily: the rules ask for the last 11
+    headers (median time) and, at a retarget, one more; the walk switches to the active-chain
+    table as soon as the branch joins it."""
+
+    def __init__(self, store: ChainStore, tip_id: str) -> None:
+        self.store = store
+        self.cursor = store._header_row(tip_id)  # the lowest header reached so far
+        self.found: dict[int, BlockHeader] = {self.cursor.height: self.cursor.header}
+        self.joined = False  # below the cursor, the branch is the active chain
+
+    def __call__(self, height: int) -> BlockHeader:
+        if height in self.found:
+            return self.found[height]
+        if height > max(self.found):
+            raise KeyError(height)
+        while not self.joined and self.cursor.height > height:
+            if self.store.is_active(self.cursor.block_id):
+                self.joined = True
+                break
+            self.cursor = self.store._header_row(self.cursor.header.prev)
+            self.found[self.cursor.height] = self.cursor.header
+        if height in self.found:
+            return self.found[height]
+        return self.store._header_row(self.store.active_id(height)).header
+
+
+class _BlockView:
+    """Coins visible to a transaction inside a block: the UTXO set, plus earlier outputs of the block."""
+
+    def __init__(self, store: ChainStore, created: dict[OutPoint, Coin], spent: set[OutPoint]) -> None:
+        self.store, self.created, self.spent = store, created, spent
+
+    def coin(self, outpoint: OutPoint) -> Coin | None:
+        if outpoint in self.spent:
+            return None
+        return self.created.get(outpoint) or self.store.coin(outpoint)
+
+
+def _parse_header(raw: bytes) -> BlockHeader:
+    import struct
+    version, prev, root, time_, bits, nonce = struct.unpack("<I32s32sIII", raw)
+    return BlockHeader(version, prev.hex(), root.hex(), time_, bits, nonce)
