@@ -39,6 +39,8 @@ from roles.demo_network import FIRST_HOST as FIRST_DEMO_HOST
 from roles.demo_network import run_demo
 from roles.dns_seed import seed_listen_address
 from roles.peer import MAX_SEND_BUFFER, Direction, Peer, SendFlusher
+from protocol.networks import NETWORKS, Network
+from roles.blockchain import BlockchainConfig
 from roles.routing import RoutingConfig
 
 __version__ = "0.1.0"
@@ -67,8 +69,10 @@ class NodeConfig:
     frame_timeout: float = 60.0  # a frame begun must be finished within this (either direction)
     max_send_buffer: int = MAX_SEND_BUFFER
     user_agent: str = f"/epscoin:{__version__}/"
+    network: str = "main"
     # A role's settings live here under the role's name.
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    blockchain: BlockchainConfig = field(default_factory=BlockchainConfig)
 
 
 class DataDirError(Exception):
@@ -160,7 +164,15 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.config = config
         self.nonce = secrets.randbits(64) | 1  # never 0, the nonce of a bare `version`
         self.flusher = SendFlusher()
+        self.network: Network = NETWORKS[config.network]
         self.data_dir = DataDir(config.data_dir)
+        # As Bitcoin's testnet3/ and regtest/: each network but main keeps its files apart.
+        self.data_path = config.data_dir if config.network == "main" else config.data_dir / config.network
+        try:
+            self.data_path.mkdir(exist_ok=True)
+        except OSError as error:
+            self.data_dir.close()
+            raise DataDirError(f"cannot use data directory {self.data_path}: {error.strerror}") from None
         self._peers_lock = threading.Lock()  # guards _peers and _inbound_count
         self._peers: dict[Peer, threading.Thread] = {}
         self._inbound_count = 0
@@ -210,10 +222,6 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         except ValueError:
             return None
         return host, 0
-
-    @property
-    def data_path(self) -> Path:
-        return self.data_dir.path
 
     @property
     def stopping(self) -> bool:
@@ -401,8 +409,10 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def version_message(self) -> Version:
         host, port = self.server_address[:2]
-        return Version(nonce=self.nonce, services=self.services, user_agent=self.config.user_agent, height=0,
-                       addr_from=format_address(host, port), time=int(time.time()))
+        height = max((h for role in self.roles if (h := role.height()) is not None), default=0)
+        return Version(nonce=self.nonce, services=self.services, user_agent=self.config.user_agent, height=height,
+                       addr_from=format_address(host, port), time=int(time.time()),
+                       network=self.network.name, genesis=self.network.genesis_id)
 
     # -- the handler loop's one step ------------------------------------------
 
@@ -560,6 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="never ban this IP (repeatable)")
     routing.add_argument("--announce-interval", type=positive_seconds, default=86400.0, metavar="SECONDS",
                          help="re-announce this node's address to its peers this often (default 86400)")
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="main",
+                        help="the chain to follow: main (default), demo (fast blocks) or regtest (for tests)")
+    chain = parser.add_argument_group("blockchain")
+    chain.add_argument("--block-stall-timeout", type=positive_seconds, default=10.0, metavar="SECONDS",
+                       help="move a block request to another peer after this long (default 10)")
     parser.add_argument("--demo", nargs="?", type=int, const=5, metavar="N",
                         help="run a local demo network of N nodes (default 5) on 127.0.0.2, 127.0.0.3, ... "
                              "port 5050, bootstrapped from a DNS seed; data under DATA_DIR/demo")
@@ -579,7 +594,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return NodeConfig(host=args.host, port=args.port, data_dir=args.data_dir, roles=args.roles,
                       connect=tuple(args.connect), max_inbound=args.max_inbound,
                       handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout,
-                      routing=routing)
+                      network=args.network, routing=routing,
+                      blockchain=BlockchainConfig(stall_timeout=args.block_stall_timeout))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

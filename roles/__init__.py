@@ -6,15 +6,17 @@ FULL_NODE_ROLES is what a node runs when no --roles is given. The core role
 """
 
 from roles.base import NodeContext, Role
+from roles.blockchain import BlockchainRole
 from roles.chat import ChatRole
 from roles.core import CoreRole
 from roles.routing import RoutingRole
 
 ROLE_TYPES: dict[str, type[Role]] = {
     RoutingRole.name: RoutingRole,
+    BlockchainRole.name: BlockchainRole,
     ChatRole.name: ChatRole,
 }
 
-FULL_NODE_ROLES: tuple[str, ...] = ("routing", "chat")
+FULL_NODE_ROLES: tuple[str, ...] = ("routing", "blockchain", "chat")
 
-__all__ = ["FULL_NODE_ROLES", "ROLE_TYPES", "ChatRole", "CoreRole", "NodeContext", "Role", "RoutingRole"]
+__all__ = ["FULL_NODE_ROLES", "ROLE_TYPES", "ChatRole", "CoreRole", "NodeContext", "Role", "RoutingRole", "BlockchainRole"]

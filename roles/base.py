@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, ClassVar, Protocol
 
 from protocol.messages import MESSAGE_TYPES, Message, Version
+from protocol.networks import Network
 from roles.peer import Peer
 
 Handler = Callable[[Peer, Message], None]
@@ -26,7 +27,8 @@ class NodeContext(Protocol):
     services: int  # the service bits of every role, sent in version
     listen_address: tuple[str, int]  # where the node accepts peers
     source_address: tuple[str, int] | None  # where its outbound connections leave from
-    data_path: Path  # the node's data directory
+    data_path: Path  # the node's data directory (a subdirectory per network but main)
+    network: Network  # the chain this node follows
     stopping: bool
 
     def peers(self) -> list[Peer]: ...
@@ -71,6 +73,10 @@ class Role:
 
     def stop(self) -> None:
         """The node has closed every connection; release files and threads."""
+
+    def height(self) -> int | None:
+        """The best block height this role knows, for the version message (None: no chain)."""
+        return None
 
     def refuses_inbound(self, host: str) -> str | None:
         """A reason to refuse a new inbound connection from host (e.g. a ban), or None."""

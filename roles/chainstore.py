@@ -217,20 +217,21 @@ class ChainStore:
                 break
         return headers
 
-    def missing_blocks(self, limit: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
-        """Ids of blocks on the best header's branch that we have no data for, lowest first."""
+    def missing_blocks(self, limit: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[int, str]]:
+        """(height, id) of blocks on the best header's branch that we have no data for, lowest first."""
         with self.lock:
             best, tip = self.best_header(), self.tip()
             if best.chainwork <= tip.chainwork:
                 return []
-            path = [block_id for height, block_id in self._best_path(best) if height > tip.height]
-            missing: list[str] = []
+            path = [(height, block_id) for height, block_id in self._best_path(best) if height > tip.height]
+            missing: list[tuple[int, str]] = []
             for start in range(0, len(path), 500):
                 chunk = path[start:start + 500]
                 marks = ",".join("?" * len(chunk))
                 absent = {row[0] for row in self._db.execute(
-                    f"SELECT id FROM headers WHERE status = {HEADER_ONLY} AND id IN ({marks})", chunk)}
-                missing += [block_id for block_id in chunk if block_id in absent and block_id not in exclude]
+                    f"SELECT id FROM headers WHERE status = {HEADER_ONLY} AND id IN ({marks})",
+                    [block_id for _, block_id in chunk])}
+                missing += [(h, block_id) for h, block_id in chunk if block_id in absent and block_id not in exclude]
                 if len(missing) >= limit:
                     break
             return missing[:limit]

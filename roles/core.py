@@ -33,6 +33,11 @@ class CoreRole(Role):
         if message.nonce == self.node.nonce:
             self.node.disconnect_self_connection(peer)
             return
+        ours = self.node.network
+        if (message.network and message.network != ours.name) or (message.genesis and message.genesis != ours.genesis_id):
+            self.node.disconnect(peer, f"different network: this node is on {ours.name} "
+                                       f"(genesis {ours.genesis_id[:16]}...), you are on {message.network or '?'}")
+            return
         replies = [] if peer.sent_version else [self.node.version_message()]
         peer.sent_version = True
         peer.become_ready(message, replies + [Verack()])

@@ -30,6 +30,8 @@ class Version(Message):
     height: int = 0  # the sender's best block height
     addr_from: str = ""  # the sender's listening "host:port", empty if it does not listen
     time: int = 0  # the sender's clock, seconds since 1970
+    network: str = ""  # "main", "demo", "regtest"; empty from a chat client: any network
+    genesis: str = ""  # the network's genesis block id; nodes of different chains refuse each other
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "Version":
@@ -41,6 +43,8 @@ class Version(Message):
             height=fields.integer(body, "height", maximum=2**31 - 1, default=0),
             addr_from=fields.text(body, "addr_from", max_length=MAX_ADDRESS_TEXT, default=""),
             time=fields.integer(body, "time", maximum=2**63 - 1, default=0),
+            network=fields.text(body, "network", max_length=16, default=""),
+            genesis=fields.text(body, "genesis", max_length=64, default=""),
         )
 
 

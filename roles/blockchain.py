@@ -1,0 +1,422 @@
+"""The blockchain role: keep a validated chain, sync it headers-first, relay blocks and transactions.
+
+Sync, as Bitcoin's since 0.10:
+1. On every new connection to a node, send `getheaders` with our locator.
+2. Store each header that passes the header rules; the most-work header shows
+   where the chain is.
+3. Download the missing blocks of that branch with `getdata`, from several
+   peers at once, at most 16 in flight per peer; a request unanswered for the
+   stall timeout goes to another peer.
+4. Connect blocks as they complete the branch (roles/chainstore.py), and move
+   the mempool along.
+
+New blocks and transactions are announced with `inv` and fetched with
+`getdata`. An invalid block or transaction costs its sender 100 misbehaviour
+points (a ban); a transaction merely not wanted here (fee, conflict) costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from protocol.block import Block, bits_to_target
+from protocol.consensus import ConsensusError, check_block
+from protocol.messages import Error
+from protocol.messages.blocks import MAX_HEADERS, BlockMessage, GetHeaders, Headers, TxMessage
+from protocol.messages.chaininfo import BlockchainInfo, BlockInfo, GetBlock, GetBlockchainInfo, GetTx, TxInfo
+from protocol.messages.handshake import NODE_NETWORK
+from protocol.messages.inventory import MAX_INV_ITEMS, GetData, Inv, InvItem, MempoolRequest, NotFound
+from protocol.transaction import Transaction
+from roles.base import NodeContext, Role
+from roles.chainstore import CONNECTED, HAVE_DATA, ChainStore
+from roles.mempool import MAX_MEMPOOL_BYTES, MIN_RELAY_FEE_RATE, Mempool, PolicyError
+from roles.peer import Peer
+from roles.seen import SeenFilter
+
+log = logging.getLogger("epscoin.chain")
+
+MAX_BLOCKS_IN_FLIGHT_PER_PEER = 16  # Bitcoin's MAX_BLOCKS_IN_TRANSIT_PER_PEER
+MAX_ORPHAN_BLOCKS = 100  # blocks whose parent is unknown, held until it arrives
+MAX_ORPHAN_TRANSACTIONS = 100  # Bitcoin's DEFAULT_MAX_ORPHAN_TRANSACTIONS
+INVALID_PENALTY = 100  # an invalid block or transaction: ban, as Bitcoin does for consensus failures
+KNOWN_INVENTORY_PER_PEER = 50_000
+HEADERS_RETRY_INTERVAL = 30.0  # seconds: ask again for headers while a peer claims more than we have
+
+
+@dataclass
+class BlockchainConfig:
+    stall_timeout: float = 10.0  # seconds before a block request moves to another peer
+    progress_interval: float = 5.0  # seconds between sync progress lines
+    mempool_bytes: int = MAX_MEMPOOL_BYTES
+    min_relay_fee_rate: int = MIN_RELAY_FEE_RATE
+
+
+@dataclass
+class PeerSync:
+    """What this role knows of one peer."""
+
+    best_height: int = 0  # the highest block the peer has shown us it has
+    in_flight: dict[str, float] = field(default_factory=dict)  # block id -> when we asked
+    known: SeenFilter = field(default_factory=lambda: SeenFilter(KNOWN_INVENTORY_PER_PEER))
+    last_getheaders: float = 0.0
+
+
+class BlockchainRole(Role):
+    name = "blockchain"
+    services = NODE_NETWORK
+
+    def __init__(self, node: NodeContext, settings: BlockchainConfig | None = None) -> None:
+        super().__init__(node)
+        self.config = settings or BlockchainConfig()
+        self.network = node.network
+        self.store = ChainStore(node.data_path / "chain.sqlite", self.network)
+        self.mempool = Mempool(self.network, self.config.mempool_bytes, self.config.min_relay_fee_rate)
+        self._lock = threading.Lock()  # guards _peers, _orphan_blocks, _orphan_txs, _block_source, progress
+        self._peers: dict[Peer, PeerSync] = {}
+        self._orphan_blocks: OrderedDict[str, Block] = OrderedDict()  # by parent id
+        self._orphan_txs: OrderedDict[str, tuple[Transaction, Peer]] = OrderedDict()
+        self._block_source: OrderedDict[str, Peer] = OrderedDict()  # who sent a block, to punish if invalid
+        self._rejected = SeenFilter(50_000)  # txids refused: not fetched again
+        self._progress_at = 0.0
+        self._progress_height = 0
+        self._stalled: dict[str, set[Peer]] = {}  # block id -> peers that stalled on it
+
+    # -- what other parts of the node read ----------------------------------------------------------
+
+    def height(self) -> int:
+        return self.store.height
+
+    def stop(self) -> None:
+        self.store.close()
+
+    def syncing(self) -> bool:
+        return self.store.best_header().chainwork > self.store.tip().chainwork
+
+    # -- peers ----------------------------------------------------------------------------------------
+
+    def on_connect(self, peer: Peer) -> None:
+        with self._lock:
+            self._peers[peer] = PeerSync()
+
+    def on_disconnect(self, peer: Peer) -> None:
+        with self._lock:
+            self._peers.pop(peer, None)
+        self._request_blocks()  # its requests go to the others
+
+    def on_ready(self, peer: Peer) -> None:
+        if not peer.version.services & NODE_NETWORK:
+            return
+        self._state(peer).best_height = peer.version.height
+        self._send_getheaders(peer)
+
+    def _state(self, peer: Peer) -> PeerSync:
+        with self._lock:
+            return self._peers.setdefault(peer, PeerSync())
+
+    def _node_peers(self) -> list[Peer]:
+        return [p for p in self.node.ready_peers() if p.version.services & NODE_NETWORK]
+
+    def _punish(self, peer: Peer, error: ConsensusError, what: str) -> None:
+        log.warning("[INVALID] %s from %s: %s", what, peer.address, error)
+        peer.send(Error(f"invalid {what}: {error}", about="block" if what == "block" else what))
+        self.node.misbehaving(peer, INVALID_PENALTY, f"invalid {what}: {error.code}")
+
+    # -- headers-first sync -----------------------------------------------------------------------------
+
+    def _send_getheaders(self, peer: Peer, locator: list[str] | None = None) -> None:
+        self._state(peer).last_getheaders = time.monotonic()
+        peer.send(GetHeaders(locator=tuple(locator or self.store.locator())))
+
+    def on_getheaders(self, peer: Peer, message: GetHeaders) -> None:
+        peer.send(Headers(headers=tuple(self.store.headers_after(list(message.locator), message.stop, MAX_HEADERS))))
+
+    def on_headers(self, peer: Peer, message: Headers) -> None:
+        state = self._state(peer)
+        for header in message.headers:
+            try:
+                stored = self.store.add_header(header)
+            except ConsensusError as error:
+                if error.code == "prev-blk-not-found":
+                    self._send_getheaders(peer)  # they are on something we lack: start from our locator
+                    return
+                self._punish(peer, error, "header")
+                return
+            state.best_height = max(state.best_height, stored.height)
+            state.known.add(header.block_id)
+        if len(message.headers) == MAX_HEADERS:  # there may be more
+            self._send_getheaders(peer, [message.headers[-1].block_id])
+        self._request_blocks()
+
+    def _request_blocks(self) -> None:
+        """Fill every node peer's download window with missing blocks of the best branch."""
+        now = time.monotonic()
+        with self._lock:
+            taken = {block_id for state in self._peers.values() for block_id in state.in_flight}
+        for peer in self._node_peers():
+            state = self._state(peer)
+            room = MAX_BLOCKS_IN_FLIGHT_PER_PEER - len(state.in_flight)
+            if room <= 0:
+                continue
+            wanted = [(height, block_id) for height, block_id in self.store.missing_blocks(room * 4, taken)
+                      if height <= state.best_height and peer not in self._stalled.get(block_id, ())][:room]
+            if not wanted:
+                continue
+            with self._lock:
+                for _, block_id in wanted:
+                    state.in_flight[block_id] = now
+                    taken.add(block_id)
+            peer.send(GetData(items=tuple(InvItem("block", block_id) for _, block_id in wanted)))
+
+    # -- blocks ---------------------------------------------------------------------------------------
+
+    def on_block(self, peer: Peer, message: BlockMessage) -> None:
+        block = message.block
+        block_id = block.block_id
+        state = self._state(peer)
+        with self._lock:
+            state.in_flight.pop(block_id, None)
+        state.known.add(block_id)
+        known = self.store.header(block_id)
+        if known is not None and known.status in (HAVE_DATA, CONNECTED):
+            return  # a duplicate; nothing to do
+        try:
+            check_block(block, self.network, time.time())
+        except ConsensusError as error:
+            self._punish(peer, error, "block")
+            return
+        if self.store.header(block.header.prev) is None:
+            with self._lock:
+                self._orphan_blocks[block.header.prev] = block
+                while len(self._orphan_blocks) > MAX_ORPHAN_BLOCKS:
+                    self._orphan_blocks.popitem(last=False)
+            self._send_getheaders(peer)
+            return
+        self._accept_block(block, peer)
+        self._request_blocks()
+
+    def _accept_block(self, block: Block, source: Peer) -> None:
+        while block is not None:
+            try:
+                self.store.add_header(block.header)
+            except ConsensusError as error:
+                self._punish(source, error, "block")
+                return
+            self.store.store_block(block)
+            with self._lock:
+                self._block_source[block.block_id] = source
+                while len(self._block_source) > 4 * MAX_ORPHAN_BLOCKS:
+                    self._block_source.popitem(last=False)
+            self._activate()
+            with self._lock:
+                block = self._orphan_blocks.pop(block.block_id, None)  # a waiting child?
+
+    def _activate(self) -> None:
+        change = self.store.activate_best_chain()
+        for block_id, error in change.invalid:
+            with self._lock:
+                source = self._block_source.get(block_id)
+            if source is not None:
+                self._punish(source, error, "block")
+        if not (change.connected or change.disconnected):
+            return
+        for block in change.connected:
+            self.mempool.remove_for_block(block)
+        tip_height = self.store.height
+        if change.disconnected:
+            log.info("[REORG] %d block(s) disconnected, %d connected; new tip %d",
+                     len(change.disconnected), len(change.connected), tip_height)
+            self.mempool.readd([tx for block in change.disconnected for tx in block.transactions[1:]],
+                               self.store, tip_height)
+            self.mempool.revalidate(self.store, tip_height)
+        if self.syncing():
+            self._log_progress()
+            return
+        tip = change.connected[-1] if change.connected else None
+        if tip is not None:
+            log.info("[BLOCK] new tip %d %s (%d transaction%s)", tip_height, tip.block_id,
+                     len(tip.transactions), "" if len(tip.transactions) == 1 else "s")
+            self._announce(InvItem("block", tip.block_id))
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._progress_at < self.config.progress_interval:
+                return
+            elapsed = now - self._progress_at if self._progress_at else 0.0
+            done = self.store.height - self._progress_height
+            self._progress_at, self._progress_height = now, self.store.height
+        best = self.store.best_header().height
+        if elapsed:
+            rate = done / elapsed
+            left = f"about {(best - self.store.height) / rate:.0f} s left" if rate > 0 else "waiting for blocks"
+            log.info("[SYNC] block %d of %d, %.1f blocks/s, %s", self.store.height, best, rate, left)
+        else:
+            log.info("[SYNC] block %d of %d: downloading", self.store.height, best)
+
+    def _announce(self, item: InvItem, source: Peer | None = None) -> None:
+        for peer in self._node_peers():
+            state = self._state(peer)
+            if peer is not source and state.known.add(item.id):
+                peer.send(Inv(items=(item,)))
+
+    # -- inventory --------------------------------------------------------------------------------------
+
+    def on_inv(self, peer: Peer, message: Inv) -> None:
+        state = self._state(peer)
+        wanted = []
+        asked_headers = False
+        for item in message.items:
+            state.known.add(item.id)
+            if item.type == "block":
+                if self.store.header(item.id) is None and not asked_headers:
+                    self._send_getheaders(peer)
+                    asked_headers = True
+            elif item.id not in self.mempool and item.id not in self._rejected and \
+                    item.id not in self._orphan_txs and self.store.transaction(item.id) is None:
+                wanted.append(InvItem("tx", item.id))
+        for start in range(0, len(wanted), 1000):
+            peer.send(GetData(items=tuple(wanted[start:start + 1000])))
+
+    def on_getdata(self, peer: Peer, message: GetData) -> None:
+        missing = []
+        for item in message.items:
+            if item.type == "block":
+                block = self.store.block(item.id)
+                if block is not None:
+                    peer.send(BlockMessage(block))
+                    continue
+            else:
+                entry = self.mempool.get(item.id)
+                if entry is not None:
+                    peer.send(TxMessage(entry.tx))
+                    continue
+            missing.append(item)
+        if missing:
+            peer.send(NotFound(items=tuple(missing)))
+
+    def on_notfound(self, peer: Peer, message: NotFound) -> None:
+        with self._lock:
+            state = self._peers.get(peer)
+            for item in message.items:
+                if state is not None and state.in_flight.pop(item.id, None) is not None:
+                    self._stalled.setdefault(item.id, set()).add(peer)
+        self._request_blocks()
+
+    def on_mempool(self, peer: Peer, message: MempoolRequest) -> None:
+        txids = self.mempool.txids()[:MAX_INV_ITEMS]
+        peer.send(Inv(items=tuple(InvItem("tx", txid) for txid in txids)))
+
+    # -- transactions -----------------------------------------------------------------------------------
+
+    def on_tx(self, peer: Peer, message: TxMessage) -> None:
+        tx = message.tx
+        self._state(peer).known.add(tx.txid)
+        is_node = bool(peer.version.services & NODE_NETWORK)
+        try:
+            self.mempool.accept(tx, self.store, self.store.height)
+        except ConsensusError as error:
+            if error.code == "bad-txns-inputs-missingorspent" and self._parents_unknown(tx):
+                self._keep_orphan(tx, peer)
+                if not is_node:
+                    peer.send(Error(f"tx waits: {error.reason} (kept until its parent arrives)", about="tx"))
+                return
+            self._rejected.add(tx.txid)
+            if error.code in ("bad-txns-inputs-missingorspent", "bad-txns-premature-spend-of-coinbase"):
+                # A double spend or an early spend can be a race between honest nodes: no penalty.
+                peer.send(Error(f"tx rejected: {error}", about="tx"))
+            else:
+                self._punish(peer, error, "tx")
+            return
+        except PolicyError as error:
+            if not is_node:  # between nodes, a fee or conflict refusal is routine; a person wants to know
+                peer.send(Error(f"tx rejected: {error}", about="tx"))
+            return
+        log.info("[TX] accepted %s from %s (%d in mempool)", tx.txid, peer.address, len(self.mempool))
+        if not is_node:
+            peer.send(self._tx_info(tx.txid))
+        self._announce(InvItem("tx", tx.txid), source=peer)
+        self._adopt_orphans(tx.txid)
+
+    def _parents_unknown(self, tx: Transaction) -> bool:
+        """True when an input's transaction is nowhere known: the parent may still be on its way."""
+        return any(txin.prevout.txid not in self.mempool and self.store.transaction(txin.prevout.txid) is None
+                   for txin in tx.inputs)
+
+    def _keep_orphan(self, tx: Transaction, peer: Peer) -> None:
+        with self._lock:
+            self._orphan_txs[tx.txid] = (tx, peer)
+            while len(self._orphan_txs) > MAX_ORPHAN_TRANSACTIONS:
+                self._orphan_txs.popitem(last=False)
+
+    def _adopt_orphans(self, parent_txid: str) -> None:
+        with self._lock:
+            children = [(txid, tx, peer) for txid, (tx, peer) in self._orphan_txs.items()
+                        if any(txin.prevout.txid == parent_txid for txin in tx.inputs)]
+            for txid, _, _ in children:
+                del self._orphan_txs[txid]
+        for _, tx, peer in children:
+            self.on_tx(peer, TxMessage(tx))
+
+    # -- questions from people ----------------------------------------------------------------------------
+
+    def on_getblockchaininfo(self, peer: Peer, message: GetBlockchainInfo) -> None:
+        tip = self.store.tip()
+        difficulty = bits_to_target(self.network.pow_limit_bits) / bits_to_target(tip.header.bits)
+        peer.send(BlockchainInfo(network=self.network.name, height=tip.height, tip=tip.block_id,
+                                 difficulty=round(difficulty, 6), headers=self.store.best_header().height,
+                                 mempool_size=len(self.mempool), mempool_bytes=self.mempool.bytes))
+
+    def on_getblock(self, peer: Peer, message: GetBlock) -> None:
+        block_id = message.id if message.id is not None else self.store.active_id(message.height)
+        stored = self.store.header(block_id) if block_id else None
+        block = self.store.block(block_id) if stored else None
+        if block is None:
+            peer.send(Error("no such block here", about="getblock"))
+            return
+        active = self.store.is_active(block_id)
+        peer.send(BlockInfo(id=block_id, height=stored.height,
+                            confirmations=self.store.height - stored.height + 1 if active else 0,
+                            header=block.header, size=block.size, txids=tuple(tx.txid for tx in block.transactions)))
+
+    def on_gettx(self, peer: Peer, message: GetTx) -> None:
+        info = self._tx_info(message.txid)
+        peer.send(info if info is not None else Error("no such transaction here", about="gettx"))
+
+    def _tx_info(self, txid: str) -> TxInfo | None:
+        entry = self.mempool.get(txid)
+        if entry is not None:
+            return TxInfo(txid=txid, tx=entry.tx, block=None, height=None, confirmations=0)
+        found = self.store.transaction(txid)
+        if found is None:
+            return None
+        tx, block_id, height = found
+        return TxInfo(txid=txid, tx=tx, block=block_id, height=height, confirmations=self.store.height - height + 1)
+
+    # -- periodic work ---------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        stalled = False
+        with self._lock:
+            for peer, state in self._peers.items():
+                for block_id, asked in list(state.in_flight.items()):
+                    if now - asked > self.config.stall_timeout:
+                        del state.in_flight[block_id]
+                        self._stalled.setdefault(block_id, set()).add(peer)
+                        stalled = True
+            if len(self._stalled) > 10_000:
+                self._stalled.clear()
+        if stalled:
+            log.info("[SYNC] a block request stalled; asking another peer")
+        tip_height = self.store.height
+        for peer in self._node_peers():
+            state = self._state(peer)
+            if state.best_height > tip_height and not state.in_flight and \
+                    now - state.last_getheaders > HEADERS_RETRY_INTERVAL:
+                self._send_getheaders(peer)
+        self._request_blocks()
+        if self.syncing():
+            self._log_progress()
