@@ -49,6 +49,7 @@ PROMPT = "Msg>> "
 USER_AGENT = "/epscoin-repl:0.1.0/"
 CONNECT_TIMEOUT = 5.0  # seconds for the TCP connect
 REPLY_TIMEOUT = 10.0  # seconds a scripted line waits for the node to answer
+CLOSE_GRACE = 2.0  # seconds to let the reader print the node's last frames after a failed send
 HELP = """Type a line and press Enter to send it; a line that is not a command is chat.
 Commands the node understands: version, ping, ping {"nonce": 1}, getpeerinfo, getnetworkinfo,
 getaddr, chat {...}, !exit
@@ -328,6 +329,7 @@ def _interrupt_when_closed(session: Session) -> None:
 
 def report_lost(session: Session) -> int:
     """One line saying why the node went away, and the exit code for it."""
+    session.closed.wait(CLOSE_GRACE)  # a failed send can beat the reader to the news: let it finish
     if not session.closed.is_set():
         reason = f"the node did not answer within {REPLY_TIMEOUT:g} s"
     else:

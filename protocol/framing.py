@@ -14,7 +14,6 @@ into segments on the way. This module is shared by the node and the client.
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from typing import BinaryIO
@@ -24,10 +23,6 @@ PORT = 5050  # the lecture's port; the default for every node
 FORMAT = "utf-8"  # payload encoding
 DISCONNECT_MESSAGE = "!exit"  # the lecture's way to leave
 MAX_PAYLOAD = 4_000_000  # Bitcoin's MAX_PROTOCOL_MESSAGE_LENGTH
-
-# Digits, then nothing but spaces. Python's int() would also accept a sign,
-# "_", surrounding whitespace and non-ASCII digits such as "٣"; the wire must not.
-_HEADER_PATTERN = re.compile(rb"([0-9]+) *")
 
 
 class FrameError(Exception):
@@ -54,10 +49,13 @@ def parse_header(header: bytes, max_payload: int = MAX_PAYLOAD) -> int:
     """The payload length a 64-byte header announces, checked before anything is allocated."""
     if len(header) != HEADER:
         raise FrameError(f"header of {len(header)} bytes: a header is exactly {HEADER} bytes")
-    match = _HEADER_PATTERN.fullmatch(header)
-    if match is None:
+    # Digits, then nothing but spaces. Python's int() would also accept a sign, "_",
+    # surrounding whitespace and non-ASCII digits such as "٣"; the wire must not.
+    # bytes.isdigit() is true for ASCII digits only, and false for b"".
+    digits = header.rstrip(b" ")
+    if not digits.isdigit():
         raise FrameError(f"bad header {_preview(header)}: expected ASCII digits padded with spaces")
-    length = int(match.group(1))  # at most 64 digits, so int() is cheap
+    length = int(digits)  # at most 64 digits, so int() is cheap
     if length > max_payload:
         raise FrameError(f"frame of {length} bytes exceeds MAX_PAYLOAD ({max_payload})")
     return length
@@ -86,10 +84,11 @@ class FrameReader:
 
     def read_frame(self) -> str | None:
         """The next payload as text; None when the stream ends cleanly between frames."""
-        if not self.stream.peek(1):  # type: ignore[attr-defined]  # blocks until a byte or EOF
+        first = self.stream.read(1)  # blocks until a byte or EOF (peek(1) would copy the whole buffer)
+        if not first:
             return None
         self.started_at = time.monotonic()
-        header = self.stream.read(HEADER)
+        header = first + self.stream.read(HEADER - 1)
         if len(header) < HEADER:
             raise FrameError(f"stream ended inside a header ({len(header)} of {HEADER} bytes)")
         length = parse_header(header, self.max_payload)

@@ -15,6 +15,7 @@ a command without touching the decoder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from typing import Any, ClassVar, TypeVar
@@ -48,15 +49,24 @@ class Message:
 
     def to_body(self) -> dict[str, Any]:
         """The JSON body; fields that are None are left out."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) is not None}
+        body = {}
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        return body
 
     def encode(self) -> str:
         """The payload text: the bare command when the body is empty."""
         body = self.to_body()
         if not body:
             return self.command
-        return f"{self.command} {json.dumps(body, separators=(',', ':'), sort_keys=True, ensure_ascii=False)}"
+        return f"{self.command} {_ENCODER.encode(body)}"
+
+
+@functools.cache
+def _field_names(message_type: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(message_type))
 
 
 def register(cls: type[M]) -> type[M]:
@@ -73,6 +83,12 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Built once: json.loads() and json.dumps() given any option build a new decoder or
+# encoder on every call, which costs more than a small body itself.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
 def decode_message(text: str) -> Message | None:
     """The message a payload carries, None when it is chat, MessageError when malformed."""
     command, _, rest = text.partition(" ")
@@ -83,7 +99,7 @@ def decode_message(text: str) -> Message | None:
     body: Any = {}
     if rest:
         try:
-            body = json.loads(rest, parse_constant=_reject_constant)
+            body = _DECODER.decode(rest)
         except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             raise MessageError(f"body of '{command}' is not valid JSON") from None
         if not isinstance(body, dict):
