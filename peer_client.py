@@ -31,18 +31,23 @@ from protocol.framing import DISCONNECT_MESSAGE, FrameError, FrameReader, encode
 from protocol.messages import (
     Ack,
     Addr,
+    BlockchainInfo,
+    BlockInfo,
     Chat,
     Error,
     Goodbye,
+    Inv,
     Message,
     NetworkInfo,
     PeerInfo,
     Ping,
     Pong,
+    TxInfo,
     Verack,
     Version,
     decode_message,
 )
+from protocol.transaction import COIN
 from roles.console import OneLineErrorParser
 
 PROMPT = "Msg>> "
@@ -52,7 +57,7 @@ REPLY_TIMEOUT = 10.0  # seconds a scripted line waits for the node to answer
 CLOSE_GRACE = 2.0  # seconds to let the reader print the node's last frames after a failed send
 HELP = """Type a line and press Enter to send it; a line that is not a command is chat.
 Commands the node understands: version, ping, ping {"nonce": 1}, getpeerinfo, getnetworkinfo,
-getaddr, chat {...}, !exit
+getaddr, getblockchaininfo, getblock {"height": 0}, gettx {"txid": "..."}, mempool, chat {...}, !exit
 Local commands:
   /help   this text
   /quit   leave (sends !exit); Ctrl-D and Ctrl-C do the same"""
@@ -142,6 +147,23 @@ def describe(text: str) -> tuple[str, str]:
         return "system", (f"{message.address} {message.user_agent}: {message.peers} peers "
                           f"({message.inbound} in, {message.outbound} out), {message.addresses_known} addresses "
                           f"known, {message.banned} banned, {message.addrs_dropped} addr entries rate-limited")
+    if isinstance(message, BlockchainInfo):
+        return "system", (f"{message.network}: height {message.height}, tip {message.tip}, difficulty "
+                          f"{message.difficulty:g}, headers {message.headers}, mempool {message.mempool_size} "
+                          f"tx ({message.mempool_bytes} bytes)")
+    if isinstance(message, BlockInfo):
+        return "system", (f"block {message.height} {message.id}: {len(message.txids)} tx, {message.size} bytes, "
+                          f"{message.confirmations} confirmations, time "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(message.header.time))} UTC")
+    if isinstance(message, TxInfo):
+        where = f"in block {message.height} ({message.confirmations} confirmations)" if message.block \
+            else "waiting in the mempool"
+        paid = sum(output.amount for output in message.tx.outputs) / COIN
+        return "system", f"tx {message.txid}: {paid:.8f} EPS to {len(message.tx.outputs)} output(s), {where}"
+    if isinstance(message, Inv):
+        kinds = ", ".join(f"{item.type} {item.id}" for item in message.items[:10])
+        more = f" and {len(message.items) - 10} more" if len(message.items) > 10 else ""
+        return "system", f"inv: {len(message.items)} item(s) {kinds}{more}"
     if isinstance(message, Addr):
         listed = ", ".join(entry.addr for entry in message.addrs[:20])
         more = f" and {len(message.addrs) - 20} more" if len(message.addrs) > 20 else ""
