@@ -14,13 +14,15 @@ checks come in Bitcoin's three layers:
 from __future__ import annotations
 
 import statistics
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 from protocol.block import Block, BlockHeader, bits_to_target, target_to_bits
 from protocol.coin_address import decode_address, pubkey_hash
 from protocol.networks import Network
-from protocol.transaction import MAX_MONEY, MAX_TX_SIZE, OutPoint, Transaction
+from protocol.transaction import (MAX_MONEY, MAX_TX_SIZE, OutPoint, SignatureCheck, Transaction,
+                                  verify_signature)
 
 MAX_FUTURE_BLOCK_TIME = 2 * 60 * 60  # Bitcoin's MAX_FUTURE_BLOCK_TIME: two hours
 MEDIAN_TIME_SPAN = 11  # blocks in the median time past
@@ -176,8 +178,12 @@ def check_block_context(block: Block, height: int, fees: int, network: Network) 
 
 
 def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Network,
-                 verify_signatures: bool = True) -> int:
-    """The fee (inputs minus outputs), after checking every input exists, is mature, and is signed."""
+                 deferred_signatures: list[tuple[Transaction, int, SignatureCheck]] | None = None) -> int:
+    """The fee (inputs minus outputs), after checking every input exists, is mature, and is signed.
+
+    With `deferred_signatures`, signatures are not verified here but appended to that
+    list, for check_signatures to verify a whole block's at once.
+    """
     total_in = 0
     for index, txin in enumerate(tx.inputs):
         coin = view.coin(txin.prevout)
@@ -191,7 +197,9 @@ def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Ne
                                  f"(needs {network.coinbase_maturity})")
         if decode_address(coin.address, network.address_prefix) != pubkey_hash(bytes.fromhex(txin.pubkey)):
             raise ConsensusError("bad-txns-wrong-key", f"input {index}: the public key is not the address's owner")
-        if verify_signatures and not tx.signature_valid(index):
+        if deferred_signatures is not None:
+            deferred_signatures.append((tx, index, tx.signature_check(index)))
+        elif not tx.signature_valid(index):
             raise ConsensusError("bad-txns-signature", f"input {index}: the signature is not valid")
         total_in += coin.amount
         if total_in > MAX_MONEY:
@@ -200,3 +208,17 @@ def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Ne
     if total_in < total_out:
         raise ConsensusError("bad-txns-in-belowout", f"outputs ({total_out}) exceed inputs ({total_in})")
     return total_in - total_out
+
+
+PARALLEL_THRESHOLD = 16  # fewer signatures than this are verified inline: a thread hop costs more
+
+
+def check_signatures(checks: list[tuple[Transaction, int, SignatureCheck]], pool: Executor | None) -> None:
+    """Verify deferred signatures, on the pool's threads when there are many (Bitcoin's -par)."""
+    if pool is None or len(checks) < PARALLEL_THRESHOLD:
+        verdicts = [verify_signature(check) for _, _, check in checks]
+    else:
+        verdicts = list(pool.map(verify_signature, [check for _, _, check in checks], chunksize=64))
+    for (tx, index, _), valid in zip(checks, verdicts):
+        if not valid:
+            raise ConsensusError("bad-txns-signature", f"transaction {tx.txid} input {index}: the signature is not valid")

@@ -179,14 +179,30 @@ class Transaction:
             inputs[index] = replace(inputs[index], signature=signature)
         return replace(self, inputs=tuple(inputs))
 
+    def signature_check(self, index: int) -> "SignatureCheck":
+        """What verifying input `index` takes, so many checks can run at once (see verify_signature)."""
+        txin = self.inputs[index]
+        return SignatureCheck(txin.pubkey, txin.signature, self.signature_hash(index))
+
     def signature_valid(self, index: int) -> bool:
         """Whether input `index` carries a valid low-S signature by its pubkey (libsecp256k1)."""
-        txin = self.inputs[index]
-        try:
-            key = coincurve.PublicKey(bytes.fromhex(txin.pubkey))
-            return key.verify(bytes.fromhex(txin.signature), self.signature_hash(index), hasher=None)
-        except (ValueError, TypeError):
-            return False
+        return verify_signature(self.signature_check(index))
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    pubkey: str  # hex, as in the input
+    signature: str  # hex DER
+    message_hash: bytes  # the input's signature hash
+
+
+def verify_signature(check: SignatureCheck) -> bool:
+    """libsecp256k1's verdict. It releases the GIL, so threads verify on every core at once."""
+    try:
+        key = coincurve.PublicKey(bytes.fromhex(check.pubkey))
+        return key.verify(bytes.fromhex(check.signature), check.message_hash, hasher=None)
+    except (ValueError, TypeError):
+        return False
 
 
 def coinbase_transaction(height: int, outputs: tuple[TxOut, ...], data: str = "") -> Transaction:

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from protocol.block import NULL_ID, Block, BlockHeader, work_for
 from protocol.consensus import (Coin, ConsensusError, check_block_context, check_header, check_header_context,
-                                check_inputs)
+                                check_inputs, check_signatures)
 from protocol.networks import Network
 from protocol.transaction import OutPoint, Transaction
 
@@ -100,10 +102,12 @@ class ChainStore:
         self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: a process crash loses nothing committed
         self._db.executescript(SCHEMA)
         self._path_cache: list[tuple[int, str]] = []  # the best header's branch, see _best_path
+        self._verifier = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="verify")
         if self._header_row(network.genesis_id) is None:
             self._store_genesis()
 
     def close(self) -> None:
+        self._verifier.shutdown()
         with self.lock:
             self._db.close()
 
@@ -359,8 +363,9 @@ class ChainStore:
         spent: list[tuple[OutPoint, Coin]] = []  # coins from the UTXO set: the undo data
         view = _BlockView(self, created, set())
         fees = 0
+        signatures: list = []
         for tx in block.transactions[1:]:
-            fees += check_inputs(tx, view, height, self.network)
+            fees += check_inputs(tx, view, height, self.network, deferred_signatures=signatures)
             for txin in tx.inputs:
                 if created.pop(txin.prevout, None) is None:  # made and spent in this block: no undo needed
                     spent.append((txin.prevout, self.coin(txin.prevout)))
@@ -368,6 +373,7 @@ class ChainStore:
             for index, output in enumerate(tx.outputs):
                 created[OutPoint(tx.txid, index)] = Coin(output.amount, output.address, height, False)
         check_block_context(block, height, fees, self.network)
+        check_signatures(signatures, self._verifier)
         coinbase = block.transactions[0]
         for index, output in enumerate(coinbase.outputs):
             created[OutPoint(coinbase.txid, index)] = Coin(output.amount, output.address, height, True)
