@@ -50,6 +50,7 @@ log = logging.getLogger("epscoin.node")
 LISTEN_BACKLOG = 4096  # the default of 5 (or 128) turns 1,000 quick connects into seconds of SYN retries
 DIAL_TIMEOUT = 5.0  # seconds to wait for an outbound TCP connect
 MAX_DIAL_BACKOFF = 60.0  # seconds between retries of a failing --connect
+STABLE_CONNECTION = 30.0  # seconds a connection must last before a redial is quick again (no tight loops)
 STOP_FLUSH_TIME = 1.0  # seconds given to goodbye frames before sockets close at shutdown
 # Commands a peer may send before its version: a person types `ping` or chat before anything
 # else, and a node that refuses us ("node full") says why with error or goodbye.
@@ -334,11 +335,12 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         """Keep one --connect connection to host:port, retrying with backoff."""
         backoff = 1.0
         while not self._stopping.is_set():
+            started = time.monotonic()
             result = self.open_outbound(host, port, quiet=False)
             if result is DialResult.SELF:
                 return
-            if result is DialResult.CONNECTED:
-                backoff = 1.0
+            if result is DialResult.CONNECTED and time.monotonic() - started > STABLE_CONNECTION:
+                backoff = 1.0  # it worked for a while: a quick retry is fair
             else:
                 log.warning("[CONNECT] retrying %s in %.0f s", format_address(host, port), backoff)
             if self._stopping.wait(backoff):
@@ -436,7 +438,8 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 log.warning("[BAD ANSWER] %s sent a malformed %s: %s", peer.address, command, error)
             else:
                 peer.send(Error(str(error), about=command if message_type else "chat"))
-            self.misbehaving(peer, error.penalty, str(error))
+            if error.penalty:
+                self.misbehaving(peer, error.penalty, str(error))
             return not peer.closing
         self.dispatch(peer, message)
         return not peer.closing
@@ -522,6 +525,20 @@ def host_port_argument(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def ip_argument(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def dns_server_argument(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text, default_port=53)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def dns_listen_argument(text: str) -> tuple[str, int]:
     try:
         return seed_listen_address(text)
@@ -550,8 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--outbound", type=int, default=8, help="outbound connections to keep (default 8)")
     routing.add_argument("--dns-seed", action="append", default=[], metavar="NAME",
                          help="a DNS name whose A/AAAA records are nodes to try first (repeatable)")
-    routing.add_argument("--dns-server", type=host_port_argument, metavar="HOST:PORT",
-                         help="ask this DNS server instead of the system's resolver")
+    routing.add_argument("--dns-server", type=dns_server_argument, metavar="IP[:PORT]",
+                         help="ask this DNS server (port 53 unless given) instead of the system's resolver")
+    routing.add_argument("--external", type=ip_argument, metavar="IP",
+                         help="the address to announce to peers, when it is not the one listened on "
+                              "(e.g. listening on 0.0.0.0)")
     routing.add_argument("--seed", type=host_port_argument, action="append", default=[], metavar="HOST[:PORT]",
                          help="a fallback address, used when DNS gives nothing (repeatable)")
     routing.add_argument("--no-fixed-seeds", dest="fixed_seeds", action="store_false",
@@ -590,7 +610,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         dns_server=args.dns_server, seeds=tuple(args.seed), fixed_seeds=args.fixed_seeds,
         serve_dns=args.serve_dns, dns_zone=args.dns_zone, ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout, ban_time=args.ban_time, whitelist=frozenset(args.whitelist),
-        announce_interval=args.announce_interval, default_port=PORT)
+        announce_interval=args.announce_interval, default_port=PORT, external=args.external)
     return NodeConfig(host=args.host, port=args.port, data_dir=args.data_dir, roles=args.roles,
                       connect=tuple(args.connect), max_inbound=args.max_inbound,
                       handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout,

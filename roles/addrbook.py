@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from protocol.addresses import format_address
 
-MAX_ADDRESSES = 20_000  # entries kept; Bitcoin's addrman holds about 65,000 (1024 + 256 buckets of 64)
+MAX_ADDRESSES = 20_000  # entries kept; Bitcoin's addrman has (1024 + 256) buckets of 64 = 81,920 slots
 MAX_RETRY_DELAY = 3600  # seconds; a failing address is retried after 1, 2, 4, ... s, at most hourly
 TERRIBLE_ATTEMPTS = 3  # failed dials since the last success after which an address is not shared
 

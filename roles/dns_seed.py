@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import random
 import socket
 import socketserver
 import threading
@@ -97,8 +96,9 @@ class DnsSeedServer(socketserver.UDPServer):
             response.set_rcode(dns.rcode.REFUSED)  # not our zone: we are no open resolver
         elif question.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             version = 4 if question.rdtype == dns.rdatatype.A else 6
+            # The source lists this seed first and the rest at random; keep that order, so the
+            # seed itself is always among the first records, even when the answer is cut to fit.
             ips = [ip for ip in self.addresses() if ipaddress.ip_address(ip).version == version]
-            random.shuffle(ips)
             if ips:
                 response.answer.append(dns.rrset.from_text_list(
                     question.name, ANSWER_TTL, dns.rdataclass.IN, question.rdtype, ips[:MAX_SEED_ADDRESSES]))

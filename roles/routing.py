@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ ADDR_RELAY_FANOUT = 2  # peers each fresh announcement is forwarded to
 GETADDR_SHARE_PERCENT = 23  # MAX_PCT_ADDR_TO_SEND
 KNOWN_ADDRESSES_PER_PEER = 5000  # the per-peer filter of addresses sent to or heard from it
 FUTURE_TIME_SLACK = 600  # an addr time this far ahead is a lie: treat it as 5 days old, as Bitcoin does
+MIN_PLAUSIBLE_TIME = 100_000_000  # Bitcoin's cut-off for addr times (1973)
 SEED_ANSWER_FRESHNESS = 3600  # the DNS seed hands out addresses that answered within the last hour
 CRAWL_INTERVAL = 600  # the seeder re-checks an address after 10 minutes
 CRAWL_WORKERS = 4  # visits at once
@@ -76,6 +78,7 @@ class RoutingConfig:
     whitelist: frozenset[str] = frozenset()
     announce_interval: float = 86400.0  # Bitcoin's AVG_LOCAL_ADDRESS_BROADCAST_INTERVAL
     default_port: int = 5050
+    external: str | None = None  # the IP to announce instead of the listening one (--external)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class PeerRouting:
     tokens_at: float = field(default_factory=time.monotonic)
     addrs_dropped: int = 0
     getaddr_answered: bool = False
+    getaddr_sent: bool = False  # we asked: the next addr is an answer, not announcements to relay
     score: int = 0
     ping_nonce: int | None = None
     ping_sent_at: float = 0.0
@@ -95,7 +99,9 @@ class PeerRouting:
     last_announce: float = field(default_factory=time.monotonic)
 
     def take_token(self, now: float) -> bool:
-        self.tokens = min(ADDR_BUCKET_SIZE, self.tokens + (now - self.tokens_at) * ADDR_RATE_PER_SECOND)
+        # As Bitcoin: the refill stops at the bucket size, but a getaddr bonus may lift it above.
+        if self.tokens < ADDR_BUCKET_SIZE:
+            self.tokens = min(ADDR_BUCKET_SIZE, self.tokens + (now - self.tokens_at) * ADDR_RATE_PER_SECOND)
         self.tokens_at = now
         if self.tokens < 1:
             return False
@@ -173,6 +179,7 @@ class RoutingRole(Role):
             self.book.record_success(peer.host, peer.port, version.services, source=peer.host)
             state = self._peer_state(peer)
             state.tokens += ADDR_BUCKET_SIZE  # we asked: a full answer is welcome
+            state.getaddr_sent = True
             peer.send(GetAddr())
             self._announce_self(peer)
 
@@ -215,7 +222,10 @@ class RoutingRole(Role):
         now_mono, now = time.monotonic(), int(time.time())
         accepted: list[tuple[str, int, int, int]] = []
         relay: list[AddressEntry] = []
-        announcement = len(message.addrs) <= ADDR_RELAY_MAX_ENTRIES
+        # An answer to our getaddr is not news to spread, however small (Bitcoin's m_getaddr_sent).
+        announcement = len(message.addrs) <= ADDR_RELAY_MAX_ENTRIES and not state.getaddr_sent
+        if len(message.addrs) < MAX_ADDR_ENTRIES:
+            state.getaddr_sent = False
         for entry in message.addrs:
             with self._lock:
                 allowed = state.take_token(now_mono)
@@ -228,7 +238,9 @@ class RoutingRole(Role):
             host, port = entry.host_port
             if not self._worth_keeping(host, port):
                 continue
-            seen_at = entry.time if entry.time <= now + FUTURE_TIME_SLACK else now - 5 * 86400
+            # As Bitcoin: a time in the future or before 1973 is a lie; call it five days old.
+            sane = MIN_PLAUSIBLE_TIME < entry.time <= now + FUTURE_TIME_SLACK
+            seen_at = entry.time if sane else now - 5 * 86400
             accepted.append((host, port, entry.services, seen_at))
             if announcement and 0 <= now - entry.time <= ADDR_RELAY_FRESHNESS:
                 relay.append(entry)
@@ -238,13 +250,17 @@ class RoutingRole(Role):
             self._relay(entry, source=peer)
 
     def _worth_keeping(self, host: str, port: int) -> bool:
-        return is_routable(host, self.scope) and (host, port) != self.own_address and 0 < port
+        own = {self.own_address, (self.config.external, self.own_address[1])}
+        return is_routable(host, self.scope) and (host, port) not in own and 0 < port
 
     def _relay(self, entry: AddressEntry, source: Peer) -> None:
         """Forward a fresh announcement to two random node peers that have not seen it."""
-        targets = [p for p in self.node.ready_peers()
-                   if p is not source and p.version.services & NODE_NETWORK
-                   and entry.addr not in self._peer_state(p).known]
+        by_node: dict[int, Peer] = {}  # one connection per node: A->B and B->A are one neighbour
+        for p in self.node.ready_peers():
+            if p is not source and p.version.services & NODE_NETWORK and entry.addr not in self._peer_state(p).known \
+                    and p.version.nonce != source.version.nonce:
+                by_node.setdefault(p.version.nonce, p)
+        targets = list(by_node.values())
         for target in random.sample(targets, min(ADDR_RELAY_FANOUT, len(targets))):
             self._peer_state(target).known.add(entry.addr)
             target.send(Addr(addrs=(entry,)))
@@ -258,13 +274,13 @@ class RoutingRole(Role):
         state.getaddr_answered = True
         count = min(MAX_ADDR_ENTRIES, self.book.count() * GETADDR_SHARE_PERCENT // 100)
         entries = [AddressEntry(addr=e.address, services=e.services, time=e.last_seen)
-                   for e in self.book.sample(count) if (e.host, e.port) != (peer.host, peer.port)]
+                   for e in self.book.sample(count) if e.host != peer.host]
         for entry in entries:
             state.known.add(entry.addr)
         peer.send(Addr(addrs=tuple(entries)))
 
     def _announce_self(self, peer: Peer) -> None:
-        host, port = self.own_address
+        host, port = self.config.external or self.own_address[0], self.own_address[1]
         if not is_routable(host, self.scope):
             return  # listening on 0.0.0.0 or similar: no address others could dial
         entry = AddressEntry(addr=format_address(host, port), services=self.node.services, time=int(time.time()))
@@ -314,8 +330,12 @@ class RoutingRole(Role):
                 if due:
                     state.ping_nonce = secrets.randbits(63)
                     state.ping_sent_at = state.last_ping_at = now
-            if overdue:
+            if overdue and peer.version.services & NODE_NETWORK:
+                # Only nodes are held to it: the lecture's client never reads, let alone answers.
                 self.node.disconnect(peer, f"ping timeout: no pong within {self.config.ping_timeout:g} s")
+            elif overdue:
+                with self._lock:
+                    state.ping_nonce = None  # a client: forget this ping, try again next interval
             elif due:
                 peer.send(Ping(nonce=state.ping_nonce))
 
@@ -359,6 +379,9 @@ class RoutingRole(Role):
         if now >= self._next_ban_sweep:
             self._next_ban_sweep = now + BAN_REFRESH_INTERVAL
             self.book.forget_expired_bans()
+            bans = self.book.active_bans()  # also picks up bans lifted by hand in peers.sqlite
+            with self._lock:
+                self._bans = bans
 
     def _announce_periodically(self, now: float) -> None:
         for peer in self.node.ready_peers():
@@ -415,7 +438,8 @@ class RoutingRole(Role):
                 found += addresses
             source = "dns"
             if not found:
-                found = list(self.config.seeds) + (list(FIXED_SEEDS) if self.config.fixed_seeds else [])
+                found = [resolved for host, port in self.config.seeds for resolved in _resolve(host, port)]
+                found += list(FIXED_SEEDS) if self.config.fixed_seeds else []
                 source = "seed"
             now = int(time.time())
             self.book.add([(host, port, NODE_NETWORK, now) for host, port in found
@@ -427,12 +451,13 @@ class RoutingRole(Role):
     # -- the DNS seed and its crawler -------------------------------------------------------
 
     def _seed_answer(self) -> list[str]:
-        """IPs for a DNS answer: this node itself, and peers that answered recently."""
+        """IPs for a DNS answer: this node itself first, then peers that answered recently, at random."""
         ips = [entry.host for entry in self.book.recently_successful(SEED_ANSWER_FRESHNESS, 4 * 32)
                if entry.port == self.config.default_port]
+        random.shuffle(ips)
         own_host, own_port = self.own_address
         if own_port == self.config.default_port and is_routable(own_host, self.scope):
-            ips.append(own_host)
+            ips.insert(0, own_host)
         return list(dict.fromkeys(ips))
 
     def _crawl(self) -> None:
@@ -464,3 +489,13 @@ class RoutingRole(Role):
         finally:
             with self._lock:
                 self._crawling.discard(format_address(host, port))
+
+
+def _resolve(host: str, port: int) -> list[tuple[str, int]]:
+    """A --seed given by name, as the IPs the system resolver knows for it (empty if none)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        log.warning("[DNS] cannot resolve seed %s", host)
+        return []
+    return list(dict.fromkeys((info[4][0], port) for info in infos))

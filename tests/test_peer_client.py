@@ -83,7 +83,7 @@ def test_lines_piped_on_stdin_are_sent_in_order(node):
     result = run_client(f"{node.host}:{node.port}", stdin='ping {"nonce":5}\nping [\n\nlast line\n')
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.index('pong {"nonce":5}') < out.index("error: body of 'ping' is not valid JSON") < out.index("delivered")
+    assert out.index('pong {"nonce":5}') < out.index("error: body of 'ping' must be a JSON object") < out.index("delivered")
 
 
 def test_connection_refused_is_one_line_and_exit_one():

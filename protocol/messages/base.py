@@ -97,6 +97,11 @@ def decode_message(text: str) -> Message | None:
         return None
     rest = rest.strip()
     body: Any = {}
+    if rest and not rest.startswith("{"):
+        # "block party tonight": a sentence that starts with a command word, most likely typed
+        # by a person. Still an error (the grammar is strict), but no misbehaviour.
+        raise MessageError(f"body of '{command}' must be a JSON object (to chat, do not start with "
+                           f"'{command}')", penalty=0)
     if rest:
         try:
             body = _DECODER.decode(rest)
