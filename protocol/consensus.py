@@ -60,7 +60,7 @@ class CoinView(Protocol):
 def check_transaction(tx: Transaction, network: Network) -> None:
     if not tx.inputs:
         raise ConsensusError("bad-txns-vin-empty", "a transaction needs at least one input")
-    if not tx.outputs:
+    if not tx.outputs and not tx.is_coinbase:  # a coinbase may claim nothing: no subsidy left, no fees
         raise ConsensusError("bad-txns-vout-empty", "a transaction needs at least one output")
     if tx.size > MAX_TX_SIZE:
         raise ConsensusError("bad-txns-oversize", f"transaction of {tx.size} bytes exceeds {MAX_TX_SIZE}")
@@ -133,8 +133,10 @@ def block_subsidy(height: int, network: Network) -> int:
 
 
 def median_time_past(times: Sequence[int]) -> int:
-    """The median of the last (up to) 11 block times: a block must be later than this."""
-    return int(statistics.median_low(times[-MEDIAN_TIME_SPAN:]))
+    """The median of the last (up to) 11 block times: a block must be later than this.
+
+    With an even count (a chain shorter than 11), Bitcoin takes the upper middle value."""
+    return int(statistics.median_high(times[-MEDIAN_TIME_SPAN:]))
 
 
 def next_bits(network: Network, tip_height: int, header_at: HeaderAt) -> int:

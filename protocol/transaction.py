@@ -40,6 +40,15 @@ _PUBKEY = re.compile(r"0[23][0-9a-f]{64}")  # compressed secp256k1 point
 _SIGNATURE = re.compile(r"(?:[0-9a-f]{2}){8,72}")  # DER, at most 72 bytes
 
 
+def _encodable(text: str) -> bool:
+    """False for a lone surrogate: JSON can escape one ("\\ud800"), UTF-8 (and so the txid) cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class TransactionFormatError(ValueError):
     """The JSON is not a well-formed transaction (before any rule about money or signatures)."""
 
@@ -83,7 +92,7 @@ class TxIn:
             height, data = item.get("coinbase"), item.get("data", "")
             if type(height) is not int or not 0 <= height < 2**31:
                 raise TransactionFormatError("coinbase height must be an integer from 0")
-            if not isinstance(data, str) or len(data) > MAX_COINBASE_DATA:
+            if not isinstance(data, str) or len(data) > MAX_COINBASE_DATA or not _encodable(data):
                 raise TransactionFormatError(f"coinbase data must be text of at most {MAX_COINBASE_DATA} characters")
             return cls(prevout=None, coinbase_height=height, coinbase_data=data)
         txid, index = item.get("txid"), item.get("index")
@@ -114,7 +123,7 @@ class TxOut:
         amount, address = item.get("amount"), item.get("address")
         if type(amount) is not int:
             raise TransactionFormatError("output amount must be an integer number of base units")
-        if not isinstance(address, str) or not 0 < len(address) <= 40:
+        if not isinstance(address, str) or not 0 < len(address) <= 40 or not _encodable(address):
             raise TransactionFormatError("output address must be text of 1 to 40 characters")
         return cls(amount=amount, address=address)
 
