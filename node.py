@@ -41,6 +41,7 @@ from roles.dns_seed import seed_listen_address
 from roles.peer import MAX_SEND_BUFFER, Direction, Peer, SendFlusher
 from protocol.networks import NETWORKS, Network
 from roles.blockchain import BlockchainConfig
+from roles.mining import MiningConfig
 from roles.routing import RoutingConfig
 
 __version__ = "0.1.0"
@@ -74,6 +75,11 @@ class NodeConfig:
     # A role's settings live here under the role's name.
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     blockchain: BlockchainConfig = field(default_factory=BlockchainConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+
+
+class ConfigError(Exception):
+    """The options given cannot work together; the message says why, for a person."""
 
 
 class DataDirError(Exception):
@@ -194,6 +200,10 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
             self.server_close()
             self.data_dir.close()
             raise DataDirError(f"cannot open the databases in {config.data_dir}: {error}") from None
+        except ValueError as error:  # a role's settings do not make sense (e.g. a bad --mine-to)
+            self.server_close()
+            self.data_dir.close()
+            raise ConfigError(str(error)) from None
         self.services = 0
         for role in self.roles:
             self.services |= role.services
@@ -389,6 +399,18 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         log.info("[HANDSHAKE] %s is ready (%s, height %d)", peer.address,
                  version.user_agent or "no user agent", version.height)
         self._run_hook("on_ready", peer)
+
+    def role(self, name: str) -> Role | None:
+        """The running role of that name, for roles that build on another (mining on blockchain)."""
+        return next((role for role in self.roles if role.name == name), None)
+
+    def emit(self, event: str, *args: object) -> None:
+        """Tell every role of an event (a hook such as on_new_tip)."""
+        for role in self.roles:
+            try:
+                getattr(role, event)(*args)
+            except Exception:
+                log.exception("[BUG] %s.%s", role.name, event)
 
     def misbehaving(self, peer: Peer, points: int, reason: str) -> None:
         """The peer broke a rule: every role hears of it (the routing role scores and bans)."""
@@ -595,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     chain = parser.add_argument_group("blockchain")
     chain.add_argument("--block-stall-timeout", type=positive_seconds, default=10.0, metavar="SECONDS",
                        help="move a block request to another peer after this long (default 10)")
+    mining = parser.add_argument_group("mining (with --roles ...,mining)")
+    mining.add_argument("--mine-to", metavar="ADDRESS", help="the address block rewards are paid to")
+    mining.add_argument("--mining-workers", type=int, default=1, metavar="N",
+                        help="worker processes searching for nonces (default 1)")
     parser.add_argument("--demo", nargs="?", type=int, const=5, metavar="N",
                         help="run a local demo network of N nodes (default 5) on 127.0.0.2, 127.0.0.3, ... "
                              "port 5050, bootstrapped from a DNS seed; data under DATA_DIR/demo")
@@ -615,7 +641,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
                       connect=tuple(args.connect), max_inbound=args.max_inbound,
                       handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout,
                       network=args.network, routing=routing,
-                      blockchain=BlockchainConfig(stall_timeout=args.block_stall_timeout))
+                      blockchain=BlockchainConfig(stall_timeout=args.block_stall_timeout),
+                      mining=MiningConfig(address=args.mine_to, workers=args.mining_workers))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -644,6 +671,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"error: cannot listen on {format_address(args.host, args.port)}: {error.strerror or error}",
               file=sys.stderr)

@@ -9,14 +9,16 @@ from roles.base import NodeContext, Role
 from roles.blockchain import BlockchainRole
 from roles.chat import ChatRole
 from roles.core import CoreRole
+from roles.mining import MiningRole
 from roles.routing import RoutingRole
 
 ROLE_TYPES: dict[str, type[Role]] = {
     RoutingRole.name: RoutingRole,
     BlockchainRole.name: BlockchainRole,
     ChatRole.name: ChatRole,
+    MiningRole.name: MiningRole,
 }
 
 FULL_NODE_ROLES: tuple[str, ...] = ("routing", "blockchain", "chat")
 
-__all__ = ["FULL_NODE_ROLES", "ROLE_TYPES", "ChatRole", "CoreRole", "NodeContext", "Role", "RoutingRole", "BlockchainRole"]
+__all__ = ["FULL_NODE_ROLES", "ROLE_TYPES", "ChatRole", "CoreRole", "NodeContext", "Role", "RoutingRole", "BlockchainRole", "MiningRole"]

@@ -49,6 +49,10 @@ class NodeContext(Protocol):
 
     def open_outbound(self, host: str, port: int) -> bool: ...
 
+    def role(self, name: str) -> "Role | None": ...
+
+    def emit(self, event: str, *args: object) -> None: ...
+
 
 class Role:
     """Base class: override the hooks you need and add `on_<command>` handlers."""
@@ -84,6 +88,12 @@ class Role:
 
     def on_misbehaving(self, peer: Peer, points: int, reason: str) -> None:
         """The peer broke a rule; `points` toward its misbehaviour score."""
+
+    def on_new_tip(self, height: int) -> None:
+        """The active chain has a new tip (emitted by the blockchain role)."""
+
+    def on_mempool_changed(self) -> None:
+        """A transaction entered the mempool (emitted by the blockchain role)."""
 
     def on_connect(self, peer: Peer) -> None:
         """A connection opened (before the handshake)."""

@@ -198,6 +198,18 @@ class BlockchainRole(Role):
         self._accept_block(block, peer)
         self._request_blocks()
 
+    def submit_block(self, block: Block) -> str | None:
+        """A block made by this node (the mining role): None when accepted, else the reason."""
+        try:
+            check_block(block, self.network, time.time())
+            self.store.add_header(block.header)
+        except ConsensusError as error:
+            return str(error)
+        self.store.store_block(block)
+        self._activate()
+        stored = self.store.header(block.block_id)
+        return None if self.store.is_active(block.block_id) or (stored and stored.status >= 0) else "not connected"
+
     def _accept_block(self, block: Block, source: Peer) -> None:
         while block is not None:
             try:
@@ -236,6 +248,7 @@ class BlockchainRole(Role):
             self._log_progress()
             return
         tip = change.connected[-1] if change.connected else None
+        self.node.emit("on_new_tip", tip_height)
         if tip is not None:
             log.info("[BLOCK] new tip %d %s (%d transaction%s)", tip_height, tip.block_id,
                      len(tip.transactions), "" if len(tip.transactions) == 1 else "s")
@@ -336,6 +349,7 @@ class BlockchainRole(Role):
                 peer.send(Error(f"tx rejected: {error}", about="tx"))
             return
         log.info("[TX] accepted %s from %s (%d in mempool)", tx.txid, peer.address, len(self.mempool))
+        self.node.emit("on_mempool_changed")
         if not is_node:
             peer.send(self._tx_info(tx.txid))
         self._announce(InvItem("tx", tx.txid), source=peer)

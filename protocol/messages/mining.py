@@ -1,0 +1,48 @@
+"""`getmininginfo` -> `mininginfo`: how fast this node mines, and on what (Bitcoin's RPC of that name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import fields
+from protocol.messages.base import Message, register
+
+_BIG = 2**63 - 1
+
+
+def _number(body: dict[str, Any], name: str) -> float:
+    value = body.get(name)
+    if type(value) not in (int, float) or not 0 <= value < 1e300:
+        raise fields.MessageError(f"field '{name}' must be a non-negative number")
+    return float(value)
+
+
+@register
+@dataclass(frozen=True)
+class GetMiningInfo(Message):
+    command = "getmininginfo"
+
+
+@register
+@dataclass(frozen=True)
+class MiningInfo(Message):
+    command = "mininginfo"
+    is_answer = True
+
+    hashrate: float  # hashes per second, all workers, over the last 10 s
+    difficulty: float
+    height: int  # of the tip being built on
+    template_txs: int  # transactions in the current template, besides the coinbase
+    blocks_found: int
+    workers: int
+    address: str  # where the rewards go
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "MiningInfo":
+        return cls(hashrate=_number(body, "hashrate"), difficulty=_number(body, "difficulty"),
+                   height=fields.integer(body, "height", maximum=_BIG),
+                   template_txs=fields.integer(body, "template_txs", maximum=_BIG),
+                   blocks_found=fields.integer(body, "blocks_found", maximum=_BIG),
+                   workers=fields.integer(body, "workers", maximum=_BIG),
+                   address=fields.text(body, "address", max_length=40))
