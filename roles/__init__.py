@@ -10,6 +10,7 @@ from roles.blockchain import BlockchainRole
 from roles.chat import ChatRole
 from roles.core import CoreRole
 from roles.mining import MiningRole
+from roles.wallet_services import WalletServicesRole
 from roles.routing import RoutingRole
 
 ROLE_TYPES: dict[str, type[Role]] = {
@@ -17,8 +18,9 @@ ROLE_TYPES: dict[str, type[Role]] = {
     BlockchainRole.name: BlockchainRole,
     ChatRole.name: ChatRole,
     MiningRole.name: MiningRole,
+    WalletServicesRole.name: WalletServicesRole,
 }
 
 FULL_NODE_ROLES: tuple[str, ...] = ("routing", "blockchain", "chat")
 
-__all__ = ["FULL_NODE_ROLES", "ROLE_TYPES", "ChatRole", "CoreRole", "NodeContext", "Role", "RoutingRole", "BlockchainRole", "MiningRole"]
+__all__ = ["FULL_NODE_ROLES", "ROLE_TYPES", "ChatRole", "CoreRole", "NodeContext", "Role", "RoutingRole", "BlockchainRole", "MiningRole", "WalletServicesRole"]

@@ -14,12 +14,13 @@ from protocol.messages.handshake import PROTOCOL_VERSION, Verack, Version
 from protocol.messages.inventory import GetData, InvItem, Inv, MempoolRequest, NotFound
 from protocol.messages.keepalive import Ping, Pong
 from protocol.messages.mining import GetMiningInfo, MiningInfo
+from protocol.messages.wallet import GetProof, GetUtxos, Proof, UtxoRow, Utxos
 from protocol.messages.peerinfo import GetNetworkInfo, GetPeerInfo, NetworkInfo, PeerInfo, PeerRow
 
 __all__ = [
     "BlockMessage", "GetHeaders", "Headers", "TxMessage", "BlockchainInfo", "BlockInfo", "GetBlock",
     "GetBlockchainInfo", "GetTx", "TxInfo", "GetData", "InvItem", "Inv", "MempoolRequest", "NotFound",
-    "GetMiningInfo", "MiningInfo",
+    "GetMiningInfo", "MiningInfo", "GetProof", "GetUtxos", "Proof", "UtxoRow", "Utxos",
     "MESSAGE_TYPES", "MAX_CHAT_TEXT", "PROTOCOL_VERSION", "Ack", "Addr", "AddressEntry", "Chat", "Error",
     "GetAddr", "GetNetworkInfo", "GetPeerInfo", "Goodbye", "Message", "MessageError", "NetworkInfo",
     "PeerInfo", "PeerRow", "Ping", "Pong", "Verack", "Version", "decode_message", "new_chat_id", "register",
