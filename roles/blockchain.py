@@ -29,7 +29,7 @@ from protocol.messages import Error
 from protocol.messages.blocks import MAX_HEADERS, BlockMessage, GetHeaders, Headers, TxMessage
 from protocol.messages.chaininfo import BlockchainInfo, BlockInfo, GetBlock, GetBlockchainInfo, GetTx, TxInfo
 from protocol.messages.handshake import NODE_NETWORK
-from protocol.messages.inventory import MAX_INV_ITEMS, GetData, Inv, InvItem, MempoolRequest, NotFound
+from protocol.messages.inventory import GetData, Inv, InvItem, MempoolRequest, NotFound
 from protocol.transaction import Transaction
 from roles.base import NodeContext, Role
 from roles.chainstore import CONNECTED, HAVE_DATA, ChainStore
@@ -45,6 +45,9 @@ MAX_ORPHAN_TRANSACTIONS = 100  # Bitcoin's DEFAULT_MAX_ORPHAN_TRANSACTIONS
 INVALID_PENALTY = 100  # an invalid block or transaction: ban, as Bitcoin does for consensus failures
 KNOWN_INVENTORY_PER_PEER = 50_000
 HEADERS_RETRY_INTERVAL = 30.0  # seconds: ask again for headers while a peer claims more than we have
+# Items per `inv` answering `mempool`: a tx item is ~86 bytes of JSON, so MAX_INV_ITEMS (50,000) of them
+# would be 4.3 MB, over MAX_PAYLOAD; 40,000 are 3.4 MB.
+MEMPOOL_INV_CHUNK = 40_000
 
 
 @dataclass
@@ -76,6 +79,7 @@ class BlockchainRole(Role):
         self.store = ChainStore(node.data_path / "chain.sqlite", self.network)
         self.mempool = Mempool(self.network, self.config.mempool_bytes, self.config.min_relay_fee_rate)
         self._lock = threading.Lock()  # guards _peers, _orphan_blocks, _orphan_txs, _block_source, progress
+        self._request_lock = threading.Lock()  # serialises _request_blocks
         self._peers: dict[Peer, PeerSync] = {}
         self._orphan_blocks: OrderedDict[str, Block] = OrderedDict()  # by parent id
         self._orphan_txs: OrderedDict[str, tuple[Transaction, Peer]] = OrderedDict()
@@ -153,6 +157,10 @@ class BlockchainRole(Role):
 
     def _request_blocks(self) -> None:
         """Fill every node peer's download window with missing blocks of the best branch."""
+        with self._request_lock:  # handler threads and tick, one at a time: else two pick the same blocks
+            self._fill_download_windows()
+
+    def _fill_download_windows(self) -> None:
         now = time.monotonic()
         with self._lock:
             taken = {block_id for state in self._peers.values() for block_id in state.in_flight}
@@ -174,12 +182,19 @@ class BlockchainRole(Role):
     # -- blocks ---------------------------------------------------------------------------------------
 
     def on_block(self, peer: Peer, message: BlockMessage) -> None:
-        block = message.block
-        block_id = block.block_id
         state = self._state(peer)
-        with self._lock:
-            state.in_flight.pop(block_id, None)
-        state.known.add(block_id)
+        state.known.add(message.block.block_id)
+        try:
+            self._receive_block(peer, message.block)
+        finally:
+            # Only now, stored or refused: until then another thread filling download windows
+            # would see the block neither in flight nor stored, and ask for it again.
+            with self._lock:
+                state.in_flight.pop(message.block.block_id, None)
+        self._request_blocks()
+
+    def _receive_block(self, peer: Peer, block: Block) -> None:
+        block_id = block.block_id
         known = self.store.header(block_id)
         if known is not None and known.status in (HAVE_DATA, CONNECTED):
             return  # a duplicate; nothing to do
@@ -196,7 +211,6 @@ class BlockchainRole(Role):
             self._send_getheaders(peer)
             return
         self._accept_block(block, peer)
-        self._request_blocks()
 
     def submit_block(self, block: Block) -> str | None:
         """A block made by this node (the mining role): None when accepted, else the reason."""
@@ -241,7 +255,8 @@ class BlockchainRole(Role):
         if change.disconnected:
             log.info("[REORG] %d block(s) disconnected, %d connected; new tip %d",
                      len(change.disconnected), len(change.connected), tip_height)
-            self.mempool.readd([tx for block in change.disconnected for tx in block.transactions[1:]],
+            # change.disconnected runs from the old tip down: parents must go back before their children.
+            self.mempool.readd([tx for block in reversed(change.disconnected) for tx in block.transactions[1:]],
                                self.store, tip_height)
             self.mempool.revalidate(self.store, tip_height)
         if self.syncing():
@@ -320,8 +335,9 @@ class BlockchainRole(Role):
         self._request_blocks()
 
     def on_mempool(self, peer: Peer, message: MempoolRequest) -> None:
-        txids = self.mempool.txids()[:MAX_INV_ITEMS]
-        peer.send(Inv(items=tuple(InvItem("tx", txid) for txid in txids)))
+        txids = self.mempool.txids()
+        for start in range(0, max(len(txids), 1), MEMPOOL_INV_CHUNK):  # an empty mempool: one empty inv
+            peer.send(Inv(items=tuple(InvItem("tx", txid) for txid in txids[start:start + MEMPOOL_INV_CHUNK])))
 
     # -- transactions -----------------------------------------------------------------------------------
 

@@ -227,7 +227,13 @@ class ChainStore:
             best, tip = self.best_header(), self.tip()
             if best.chainwork <= tip.chainwork:
                 return []
-            path = [(height, block_id) for height, block_id in self._best_path(best) if height > tip.height]
+            # From the fork with the active chain up, not from the tip's height up: a branch that
+            # forks below the tip needs its blocks below the tip's height too.
+            branch = self._best_path(best)  # branch[h] is the block at height h
+            fork = min(tip.height, best.height)
+            while fork > 0 and not self.is_active(branch[fork][1]):
+                fork -= 1
+            path = branch[fork + 1:]
             missing: list[tuple[int, str]] = []
             for start in range(0, len(path), 500):
                 chunk = path[start:start + 500]
