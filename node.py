@@ -184,6 +184,7 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._peers: dict[Peer, threading.Thread] = {}
         self._inbound_count = 0
         self._self_dials: set[tuple[str, int]] = set()  # local ends of connections that reached ourselves
+        self._dialled_nodes: dict[tuple[str, int], int] = {}  # dialled address -> the nonce of the node there
         self._stopping = threading.Event()
         self._started = False
         self._service_threads: list[threading.Thread] = []
@@ -335,16 +336,34 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
             except OSError:  # reset already
                 return DialResult.FAILED
             log.info("[CONNECT] connected to %s", target)
-            OutboundPeerHandler(sock, remote_end, self)
+            handler = OutboundPeerHandler(sock, remote_end, self)
+        if handler.peer.version is not None:
+            with self._peers_lock:
+                self._dialled_nodes[(host, port)] = handler.peer.version.nonce
         if local_end in self._self_dials:
             log.warning("[CONNECT] %s is this node itself; not dialling it again", target)
             return DialResult.SELF
         return DialResult.CONNECTED
 
+    def connected_to_node_at(self, host: str, port: int) -> bool:
+        """Whether the node last met at this dialled address is connected now, in either direction.
+
+        After crossing dials are collapsed (or a second address of a node is dropped),
+        the losing dialler must not dial again while the surviving connection stands.
+        """
+        with self._peers_lock:
+            nonce = self._dialled_nodes.get((host, port))
+            return nonce is not None and any(
+                peer.version is not None and peer.version.nonce == nonce and not peer.closing for peer in self._peers)
+
     def _dial_forever(self, host: str, port: int) -> None:
         """Keep one --connect connection to host:port, retrying with backoff."""
         backoff = 1.0
         while not self._stopping.is_set():
+            if self.connected_to_node_at(host, port):
+                if self._stopping.wait(1.0):  # connected the other way: check again in a second
+                    return
+                continue
             started = time.monotonic()
             result = self.open_outbound(host, port, quiet=False)
             if result is DialResult.SELF:

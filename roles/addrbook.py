@@ -9,6 +9,7 @@ transaction in WAL mode, so a node killed at any moment reopens a whole book.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
@@ -27,7 +28,7 @@ CREATE TABLE IF NOT EXISTS addresses (
     address      TEXT PRIMARY KEY,            -- "ip:port"
     host         TEXT NOT NULL,
     port         INTEGER NOT NULL,
-    services     INTEGER NOT NULL DEFAULT 0,
+    services     INTEGER NOT NULL DEFAULT 0,  -- 64 service bits, stored as a signed 64-bit integer
     last_seen    INTEGER NOT NULL,            -- when it was last known active (unix seconds)
     last_success INTEGER,                     -- our last completed handshake with it
     last_attempt INTEGER,                     -- our last dial
@@ -59,6 +60,16 @@ class BookEntry:
 _COLUMNS = "address, host, port, services, last_seen, last_success, last_attempt, attempts, source"
 
 
+def _services_to_sql(services: int) -> int:
+    """SQLite integers are signed 64-bit; service bits are unsigned (Bitcoin's uint64): two's complement."""
+    return services - 2**64 if services >= 2**63 else services
+
+
+def _entry(row: tuple) -> "BookEntry":
+    address, host, port, services, *rest = row
+    return BookEntry(address, host, port, services % 2**64, *rest)
+
+
 class AddressBook:
     """Thread-safe: one SQLite connection, one lock."""
 
@@ -84,7 +95,7 @@ class AddressBook:
 
     def add(self, entries: Iterable[tuple[str, int, int, int]], source: str) -> int:
         """Add (host, port, services, last_seen) entries; refresh known ones. Returns how many were new."""
-        rows = [(format_address(host, port), host, port, services, last_seen, source)
+        rows = [(format_address(host, port), host, port, _services_to_sql(services), last_seen, source)
                 for host, port, services, last_seen in entries]
         if not rows:
             return 0
@@ -124,7 +135,7 @@ class AddressBook:
                 "VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (address) DO UPDATE SET "
                 "last_seen = excluded.last_seen, last_success = excluded.last_success, attempts = 0, "
                 "services = excluded.services",
-                (address, host, port, services, now, now, source))
+                (address, host, port, _services_to_sql(services), now, now, source))
             self._evict_beyond_capacity()
 
     def remove(self, address: str) -> None:
@@ -134,7 +145,7 @@ class AddressBook:
     def get(self, address: str) -> BookEntry | None:
         with self._lock:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM addresses WHERE address = ?", (address,)).fetchone()
-        return BookEntry(*row) if row else None
+        return _entry(row) if row else None
 
     def count(self) -> int:
         with self._lock:
@@ -150,7 +161,7 @@ class AddressBook:
                 "AND host NOT IN (SELECT host FROM bans WHERE banned_until > ?) "
                 "ORDER BY random() LIMIT ?",
                 (MAX_RETRY_DELAY, now, now, limit + len(exclude))).fetchall()
-        return [BookEntry(*row) for row in rows if row[0] not in exclude][:limit]
+        return [_entry(row) for row in rows if row[0] not in exclude][:limit]
 
     def sample(self, limit: int) -> list[BookEntry]:
         """Random shareable addresses, for a getaddr answer."""
@@ -160,7 +171,7 @@ class AddressBook:
                 f"SELECT {_COLUMNS} FROM addresses WHERE attempts < ? "
                 "AND host NOT IN (SELECT host FROM bans WHERE banned_until > ?) ORDER BY random() LIMIT ?",
                 (TERRIBLE_ATTEMPTS, now, limit)).fetchall()
-        return [BookEntry(*row) for row in rows]
+        return [_entry(row) for row in rows]
 
     def recently_successful(self, within: float, limit: int) -> list[BookEntry]:
         """Random addresses we completed a handshake with in the last `within` seconds (for the DNS seeder)."""
@@ -170,7 +181,7 @@ class AddressBook:
                 f"SELECT {_COLUMNS} FROM addresses WHERE last_success >= ? "
                 "AND host NOT IN (SELECT host FROM bans WHERE banned_until > ?) ORDER BY random() LIMIT ?",
                 (now - within, now, limit)).fetchall()
-        return [BookEntry(*row) for row in rows]
+        return [_entry(row) for row in rows]
 
     def due_for_crawl(self, older_than: float, limit: int) -> list[BookEntry]:
         """Addresses not confirmed alive within `older_than` seconds and not dialled as long, oldest first."""
@@ -181,13 +192,13 @@ class AddressBook:
                 "AND (last_attempt IS NULL OR last_attempt + min(?, 1 << min(attempts, 12)) <= ?) "
                 "ORDER BY last_attempt IS NOT NULL, last_attempt LIMIT ?",
                 (cutoff, MAX_RETRY_DELAY, self._now(), limit)).fetchall()
-        return [BookEntry(*row) for row in rows]
+        return [_entry(row) for row in rows]
 
     # -- bans --------------------------------------------------------------------
 
     def ban(self, host: str, seconds: float, reason: str) -> int:
         """Ban host for `seconds`; returns when the ban ends (unix seconds)."""
-        until = self._now() + int(seconds)
+        until = math.ceil(self._clock() + seconds)  # rounded up: a ban never ends early
         with self._lock, self._db:
             self._db.execute("INSERT INTO bans (host, banned_until, reason) VALUES (?, ?, ?) "
                              "ON CONFLICT (host) DO UPDATE SET banned_until = excluded.banned_until, "

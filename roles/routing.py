@@ -399,7 +399,8 @@ class RoutingRole(Role):
         if missing <= 0 or self.node.stopping:
             return
         taken.add(format_address(*self.own_address))
-        candidates = self.book.candidates(missing, exclude=taken)
+        candidates = [entry for entry in self.book.candidates(missing + len(taken), exclude=taken)
+                      if not self.node.connected_to_node_at(entry.host, entry.port)][:missing]
         if len(candidates) < missing and now >= self._next_discovery:
             self._next_discovery = now + self._discovery_delay
             self._discovery_delay = min(self._discovery_delay * 2, MAX_DISCOVERY_DELAY)
