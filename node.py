@@ -276,7 +276,7 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
             if thread is not threading.current_thread():
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.flusher.stop()
-        for role in self.roles:
+        for role in reversed(self.roles):  # a role stops before the roles it builds on (mining, then blockchain)
             try:
                 role.stop()
             except Exception:

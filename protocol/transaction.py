@@ -151,8 +151,9 @@ class Transaction:
         version, locktime = value.get("version", 1), value.get("locktime", 0)
         if not isinstance(inputs, list) or not isinstance(outputs, list):
             raise TransactionFormatError("a transaction needs lists 'inputs' and 'outputs'")
-        if type(version) is not int or type(locktime) is not int or not 0 <= locktime < 2**32:
-            raise TransactionFormatError("version and locktime must be integers")
+        if type(version) is not int or not 0 <= version < 2**31 or type(locktime) is not int \
+                or not 0 <= locktime < 2**32:
+            raise TransactionFormatError("version must be an integer from 0 to 2^31-1, locktime from 0 to 2^32-1")
         return cls(inputs=tuple(TxIn.from_json(i) for i in inputs),
                    outputs=tuple(TxOut.from_json(o) for o in outputs), version=version, locktime=locktime)
 

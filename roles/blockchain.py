@@ -45,6 +45,10 @@ MAX_ORPHAN_TRANSACTIONS = 100  # Bitcoin's DEFAULT_MAX_ORPHAN_TRANSACTIONS
 INVALID_PENALTY = 100  # an invalid block or transaction: ban, as Bitcoin does for consensus failures
 KNOWN_INVENTORY_PER_PEER = 50_000
 HEADERS_RETRY_INTERVAL = 30.0  # seconds: ask again for headers while a peer claims more than we have
+# Refused without misbehaviour points: clocks differ, so a block "from the future" may be honest
+# (Bitcoin does not punish BLOCK_TIME_FUTURE either); it can be accepted later.
+UNPUNISHED_CODES = frozenset({"time-too-new"})
+STALL_MEMORY = 60.0  # seconds a peer that stalled on a block is not asked for it again
 # Items per `inv` answering `mempool`: a tx item is ~86 bytes of JSON, so MAX_INV_ITEMS (50,000) of them
 # would be 4.3 MB, over MAX_PAYLOAD; 40,000 are 3.4 MB.
 MEMPOOL_INV_CHUNK = 40_000
@@ -87,7 +91,7 @@ class BlockchainRole(Role):
         self._rejected = SeenFilter(50_000)  # txids refused: not fetched again
         self._progress_at = 0.0
         self._progress_height = 0
-        self._stalled: dict[str, set[Peer]] = {}  # block id -> peers that stalled on it
+        self._stalled: dict[str, dict[Peer, float]] = {}  # block id -> peers that stalled on it, and when
 
     # -- what other parts of the node read ----------------------------------------------------------
 
@@ -124,10 +128,11 @@ class BlockchainRole(Role):
     def _node_peers(self) -> list[Peer]:
         return [p for p in self.node.ready_peers() if p.version.services & NODE_NETWORK]
 
-    def _punish(self, peer: Peer, error: ConsensusError, what: str) -> None:
+    def _punish(self, peer: Peer, error: ConsensusError, what: str, command: str) -> None:
         log.warning("[INVALID] %s from %s: %s", what, peer.address, error)
-        peer.send(Error(f"invalid {what}: {error}", about="block" if what == "block" else what))
-        self.node.misbehaving(peer, INVALID_PENALTY, f"invalid {what}: {error.code}")
+        peer.send(Error(f"invalid {what}: {error}", about=command))
+        if error.code not in UNPUNISHED_CODES:
+            self.node.misbehaving(peer, INVALID_PENALTY, f"invalid {what}: {error.code}")
 
     # -- headers-first sync -----------------------------------------------------------------------------
 
@@ -147,7 +152,7 @@ class BlockchainRole(Role):
                 if error.code == "prev-blk-not-found":
                     self._send_getheaders(peer)  # they are on something we lack: start from our locator
                     return
-                self._punish(peer, error, "header")
+                self._punish(peer, error, "header", "headers")
                 return
             state.best_height = max(state.best_height, stored.height)
             state.known.add(header.block_id)
@@ -191,6 +196,11 @@ class BlockchainRole(Role):
             # would see the block neither in flight nor stored, and ask for it again.
             with self._lock:
                 state.in_flight.pop(message.block.block_id, None)
+        if not (peer.ready and peer.version.services & NODE_NETWORK):
+            # A person (or a test) handed us a block: say what became of it, as txinfo does for tx.
+            info = self._block_info(message.block.block_id)
+            if info is not None:
+                peer.send(info)
         self._request_blocks()
 
     def _receive_block(self, peer: Peer, block: Block) -> None:
@@ -201,7 +211,7 @@ class BlockchainRole(Role):
         try:
             check_block(block, self.network, time.time())
         except ConsensusError as error:
-            self._punish(peer, error, "block")
+            self._punish(peer, error, "block", "block")
             return
         if self.store.header(block.header.prev) is None:
             with self._lock:
@@ -229,7 +239,7 @@ class BlockchainRole(Role):
             try:
                 self.store.add_header(block.header)
             except ConsensusError as error:
-                self._punish(source, error, "block")
+                self._punish(source, error, "block", "block")
                 return
             self.store.store_block(block)
             with self._lock:
@@ -246,7 +256,7 @@ class BlockchainRole(Role):
             with self._lock:
                 source = self._block_source.get(block_id)
             if source is not None:
-                self._punish(source, error, "block")
+                self._punish(source, error, "block", "block")
         if not (change.connected or change.disconnected):
             return
         for block in change.connected:
@@ -263,6 +273,7 @@ class BlockchainRole(Role):
             self._log_progress()
             return
         tip = change.connected[-1] if change.connected else None
+        self._rejected = SeenFilter(self._rejected.capacity)  # a new tip may make them valid (Bitcoin's too)
         self.node.emit("on_new_tip", tip_height)
         if tip is not None:
             log.info("[BLOCK] new tip %d %s (%d transaction%s)", tip_height, tip.block_id,
@@ -323,7 +334,7 @@ class BlockchainRole(Role):
                     peer.send(TxMessage(entry.tx))
                     continue
             missing.append(item)
-        if missing:
+        if missing or not message.items:  # an empty getdata still gets its frame back
             peer.send(NotFound(items=tuple(missing)))
 
     def on_notfound(self, peer: Peer, message: NotFound) -> None:
@@ -331,7 +342,7 @@ class BlockchainRole(Role):
             state = self._peers.get(peer)
             for item in message.items:
                 if state is not None and state.in_flight.pop(item.id, None) is not None:
-                    self._stalled.setdefault(item.id, set()).add(peer)
+                    self._stalled.setdefault(item.id, {})[peer] = time.monotonic()
         self._request_blocks()
 
     def on_mempool(self, peer: Peer, message: MempoolRequest) -> None:
@@ -355,10 +366,12 @@ class BlockchainRole(Role):
                 return
             self._rejected.add(tx.txid)
             if error.code in ("bad-txns-inputs-missingorspent", "bad-txns-premature-spend-of-coinbase"):
-                # A double spend or an early spend can be a race between honest nodes: no penalty.
-                peer.send(Error(f"tx rejected: {error}", about="tx"))
+                # A double spend or an early spend can be a race between honest nodes: no penalty,
+                # and between nodes no error either; a person is told why.
+                if not is_node:
+                    peer.send(Error(f"tx rejected: {error}", about="tx"))
             else:
-                self._punish(peer, error, "tx")
+                self._punish(peer, error, "tx", "tx")
             return
         except PolicyError as error:
             if not is_node:  # between nodes, a fee or conflict refusal is routine; a person wants to know
@@ -402,15 +415,18 @@ class BlockchainRole(Role):
 
     def on_getblock(self, peer: Peer, message: GetBlock) -> None:
         block_id = message.id if message.id is not None else self.store.active_id(message.height)
-        stored = self.store.header(block_id) if block_id else None
+        info = self._block_info(block_id) if block_id else None
+        peer.send(info if info is not None else Error("no such block here", about="getblock"))
+
+    def _block_info(self, block_id: str) -> BlockInfo | None:
+        stored = self.store.header(block_id)
         block = self.store.block(block_id) if stored else None
         if block is None:
-            peer.send(Error("no such block here", about="getblock"))
-            return
+            return None
         active = self.store.is_active(block_id)
-        peer.send(BlockInfo(id=block_id, height=stored.height,
-                            confirmations=self.store.height - stored.height + 1 if active else 0,
-                            header=block.header, size=block.size, txids=tuple(tx.txid for tx in block.transactions)))
+        return BlockInfo(id=block_id, height=stored.height,
+                         confirmations=self.store.height - stored.height + 1 if active else 0,
+                         header=block.header, size=block.size, txids=tuple(tx.txid for tx in block.transactions))
 
     def on_gettx(self, peer: Peer, message: GetTx) -> None:
         info = self._tx_info(message.txid)
@@ -435,10 +451,14 @@ class BlockchainRole(Role):
                 for block_id, asked in list(state.in_flight.items()):
                     if now - asked > self.config.stall_timeout:
                         del state.in_flight[block_id]
-                        self._stalled.setdefault(block_id, set()).add(peer)
+                        self._stalled.setdefault(block_id, {})[peer] = now
                         stalled = True
-            if len(self._stalled) > 10_000:
-                self._stalled.clear()
+            for block_id in list(self._stalled):
+                peers = {p: t for p, t in self._stalled[block_id].items() if now - t < STALL_MEMORY}
+                if peers:
+                    self._stalled[block_id] = peers
+                else:
+                    del self._stalled[block_id]
         if stalled:
             log.info("[SYNC] a block request stalled; asking another peer")
         tip_height = self.store.height

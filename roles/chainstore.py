@@ -33,7 +33,7 @@ from protocol.block import NULL_ID, Block, BlockHeader, work_for
 from protocol.consensus import (Coin, ConsensusError, check_block_context, check_header, check_header_context,
                                 check_inputs, check_signatures)
 from protocol.networks import Network
-from protocol.transaction import OutPoint, Transaction
+from protocol.transaction import OutPoint, Transaction, canonical_json
 
 log = logging.getLogger("epscoin.chain")
 
@@ -291,7 +291,7 @@ class ChainStore:
         with self.lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT OR IGNORE INTO blocks (id, data) VALUES (?, ?)",
-                             (block.block_id, json.dumps(block.to_json(), separators=(",", ":"))))
+                             (block.block_id, canonical_json(block.to_json())))
             self._db.execute("UPDATE headers SET status = ? WHERE id = ? AND status = ?",
                              (HAVE_DATA, block.block_id, HEADER_ONLY))
             parent = self._db.execute("SELECT chain_data FROM headers WHERE id = ?", (block.header.prev,)).fetchone()
@@ -343,7 +343,7 @@ class ChainStore:
                                                               _work_text(work_for(genesis.header.bits)),
                                                               genesis.header.serialize(), CONNECTED))
             self._db.execute("INSERT INTO blocks (id, data) VALUES (?, ?)",
-                             (genesis.block_id, json.dumps(genesis.to_json(), separators=(",", ":"))))
+                             (genesis.block_id, canonical_json(genesis.to_json())))
             self._db.execute("INSERT INTO active (height, id) VALUES (0, ?)", (genesis.block_id,))
             # As in Bitcoin, the genesis coinbase is not spendable: it never enters the UTXO set.
 

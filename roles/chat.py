@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from protocol.messages import Ack, Chat
+from protocol.messages.handshake import NODE_NETWORK
 from roles.base import NodeContext, Role
 from roles.peer import Peer
 from roles.seen import SeenFilter
@@ -26,7 +27,10 @@ class ChatRole(Role):
         self.seen = SeenFilter(SEEN_CHAT_IDS)
 
     def on_chat(self, peer: Peer, message: Chat) -> None:
-        peer.send(Ack(id=message.id))
+        if not (peer.ready and peer.version.services & NODE_NETWORK):
+            # A person's client waits for a frame after each line; a node relaying the
+            # flood does not, and acking every copy would double the frames of a flood.
+            peer.send(Ack(id=message.id))
         if not self.seen.add(message.id):
             return
         log.info("[%s] %s", message.sender, message.text)  # the lecture's console line

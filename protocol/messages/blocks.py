@@ -32,9 +32,10 @@ class GetHeaders(Message):
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "GetHeaders":
         locator = body.get("locator")
-        if not isinstance(locator, list) or len(locator) > MAX_LOCATOR_SIZE:
-            raise fields.MessageError(f"field 'locator' must be a list of at most {MAX_LOCATOR_SIZE} block ids",
-                                      penalty=20)
+        if not isinstance(locator, list):
+            raise fields.MessageError("field 'locator' must be a list of block ids")
+        if len(locator) > MAX_LOCATOR_SIZE:
+            raise fields.MessageError(f"a locator has at most {MAX_LOCATOR_SIZE} block ids", penalty=20)
         if not all(isinstance(item, str) and _ID.fullmatch(item) for item in locator):
             raise fields.MessageError("locator entries must be block ids (64 hex digits)")
         return cls(locator=tuple(locator), stop=fields.text(body, "stop", max_length=64, pattern=_ID,
@@ -54,8 +55,10 @@ class Headers(Message):
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "Headers":
         items = body.get("headers")
-        if not isinstance(items, list) or len(items) > MAX_HEADERS:
-            raise fields.MessageError(f"field 'headers' must be a list of at most {MAX_HEADERS} headers", penalty=20)
+        if not isinstance(items, list):
+            raise fields.MessageError("field 'headers' must be a list of headers")
+        if len(items) > MAX_HEADERS:
+            raise fields.MessageError(f"a headers message has at most {MAX_HEADERS} headers", penalty=20)
         try:
             return cls(headers=tuple(BlockHeader.from_json(item) for item in items))
         except TransactionFormatError as error:
