@@ -98,6 +98,11 @@ class BlockchainRole(Role):
     def height(self) -> int:
         return self.store.height
 
+    def start(self) -> None:
+        # A node stopped (or killed) in the middle of a reorg resumes it here: every step was
+        # its own transaction, so the store is consistent, just not yet on its best branch.
+        self._activate()
+
     def stop(self) -> None:
         self.store.close()
 
@@ -265,8 +270,7 @@ class BlockchainRole(Role):
         if change.disconnected:
             log.info("[REORG] %d block(s) disconnected, %d connected; new tip %d",
                      len(change.disconnected), len(change.connected), tip_height)
-            # change.disconnected runs from the old tip down: parents must go back before their children.
-            self.mempool.readd([tx for block in reversed(change.disconnected) for tx in block.transactions[1:]],
+            self.mempool.readd([tx for block in change.disconnected for tx in block.transactions[1:]],
                                self.store, tip_height)
             self.mempool.revalidate(self.store, tip_height)
         if self.syncing():

@@ -330,6 +330,7 @@ class ChainStore:
                     connected.append(block)
                 if not failed:
                     break
+        disconnected.reverse()  # undone from the tip down; listed oldest first, as connected is
         return ChainChange(disconnected, connected, invalid)
 
     # -- internals --------------------------------------------------------------------------------

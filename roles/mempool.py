@@ -144,17 +144,11 @@ class Mempool:
         return removed
 
     def readd(self, transactions: list[Transaction], chain: ChainCoins, tip_height: int) -> list[str]:
-        """After a reorg: put back transactions of disconnected blocks that are still valid."""
-        accepted = []
-        for tx in transactions:
-            if tx.is_coinbase:
-                continue
-            try:
-                self.accept(tx, chain, tip_height)
-                accepted.append(tx.txid)
-            except (ConsensusError, PolicyError):
-                pass  # spent by the new chain, or matured coinbase gone: it cannot wait any longer
-        return accepted
+        """After a reorg: put back transactions of disconnected blocks that are still valid.
+
+        In any order: a child given before its parent is tried again once the parent is back.
+        """
+        return self._accept_all([tx for tx in transactions if not tx.is_coinbase], chain, tip_height)
 
     def revalidate(self, chain: ChainCoins, tip_height: int) -> list[str]:
         """Drop waiting transactions a reorg made invalid (e.g. spends of a coinbase now too young)."""
@@ -162,13 +156,25 @@ class Mempool:
             entries = list(self._entries.values())
             for entry in entries:
                 self._remove(entry.tx.txid)
-        dropped = []
-        for entry in entries:
-            try:
-                self.accept(entry.tx, chain, tip_height)
-            except (ConsensusError, PolicyError):
-                dropped.append(entry.tx.txid)
-        return dropped
+        kept = set(self._accept_all([entry.tx for entry in entries], chain, tip_height))
+        return [entry.tx.txid for entry in entries if entry.tx.txid not in kept]
+
+    def _accept_all(self, transactions: list[Transaction], chain: ChainCoins, tip_height: int) -> list[str]:
+        """Accept what is valid, in passes until none succeeds: parents may come after children."""
+        accepted: list[str] = []
+        waiting = transactions
+        while waiting:
+            failed = []
+            for tx in waiting:
+                try:
+                    self.accept(tx, chain, tip_height)
+                    accepted.append(tx.txid)
+                except (ConsensusError, PolicyError):
+                    failed.append(tx)  # spent by the new chain, or its parent is not back (yet)
+            if len(failed) == len(waiting):
+                break  # no progress: what is left cannot wait any longer
+            waiting = failed
+        return accepted
 
     # -- internals ---------------------------------------------------------------------------------
 
