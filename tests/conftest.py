@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from tests.conformance.conftest import pytest_addoption  # noqa: F401  (--target etc. in a whole-suite run)
 from tests.support import NodeProcess
 
 # Short enough that timeout tests run in about a second, long enough for a loaded 2-core CI box.
