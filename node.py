@@ -559,6 +559,16 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+MAX_BAN_TIME = 100 * 365 * 86400  # seconds: "for ever" to a node, within SQLite's and gmtime's range
+
+
+def ban_seconds(text: str) -> float:
+    value = positive_seconds(text)
+    if value > MAX_BAN_TIME:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_BAN_TIME} seconds (100 years)")
+    return value
+
+
 def host_port_argument(text: str) -> tuple[str, int]:
     try:
         return parse_host_port(text)
@@ -625,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ping each peer this often (default 120)")
     routing.add_argument("--ping-timeout", type=positive_seconds, default=1200.0, metavar="SECONDS",
                          help="drop a peer that answers no ping for this long (default 1200)")
-    routing.add_argument("--ban-time", type=positive_seconds, default=86400.0, metavar="SECONDS",
+    routing.add_argument("--ban-time", type=ban_seconds, default=86400.0, metavar="SECONDS",
                          help="how long a misbehaving peer's IP stays banned (default 86400)")
     routing.add_argument("--whitelist", action="append", default=[], metavar="HOST",
                          help="never ban this IP (repeatable)")
