@@ -345,8 +345,8 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
             return DialResult.SELF
         return DialResult.CONNECTED
 
-    def connected_to_node_at(self, host: str, port: int) -> bool:
-        """Whether the node last met at this dialled address is connected now, in either direction.
+    def connected_to_node_at(self, host: str, port: int, direction: Direction | None = None) -> bool:
+        """Whether the node last met at this dialled address is connected now (in that direction, or either).
 
         After crossing dials are collapsed (or a second address of a node is dropped),
         the losing dialler must not dial again while the surviving connection stands.
@@ -354,7 +354,8 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         with self._peers_lock:
             nonce = self._dialled_nodes.get((host, port))
             return nonce is not None and any(
-                peer.version is not None and peer.version.nonce == nonce and not peer.closing for peer in self._peers)
+                peer.version is not None and peer.version.nonce == nonce and not peer.closing
+                and direction in (None, peer.direction) for peer in self._peers)
 
     def _dial_forever(self, host: str, port: int) -> None:
         """Keep one --connect connection to host:port, retrying with backoff."""

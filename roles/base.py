@@ -15,7 +15,7 @@ from typing import Callable, ClassVar, Protocol
 
 from protocol.messages import MESSAGE_TYPES, Message, Version
 from protocol.networks import Network
-from roles.peer import Peer
+from roles.peer import Direction, Peer
 
 Handler = Callable[[Peer, Message], None]
 
@@ -49,7 +49,7 @@ class NodeContext(Protocol):
 
     def open_outbound(self, host: str, port: int) -> object: ...
 
-    def connected_to_node_at(self, host: str, port: int) -> bool: ...
+    def connected_to_node_at(self, host: str, port: int, direction: Direction | None = None) -> bool: ...
 
     def role(self, name: str) -> "Role | None": ...
 

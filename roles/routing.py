@@ -399,8 +399,14 @@ class RoutingRole(Role):
         if missing <= 0 or self.node.stopping:
             return
         taken.add(format_address(*self.own_address))
-        candidates = [entry for entry in self.book.candidates(missing + len(taken), exclude=taken)
-                      if not self.node.connected_to_node_at(entry.host, entry.port)][:missing]
+        found = self.book.candidates(missing + len(taken), exclude=taken)
+        candidates = [entry for entry in found if not self.node.connected_to_node_at(entry.host, entry.port)]
+        if len(candidates) < missing:
+            # Nobody else to dial (a small network): dial a node connected to us only the other way,
+            # as Bitcoin would; never one we already reach outbound.
+            candidates += [entry for entry in found if entry not in candidates and
+                           not self.node.connected_to_node_at(entry.host, entry.port, Direction.OUTBOUND)]
+        candidates = candidates[:missing]
         if len(candidates) < missing and now >= self._next_discovery:
             self._next_discovery = now + self._discovery_delay
             self._discovery_delay = min(self._discovery_delay * 2, MAX_DISCOVERY_DELAY)
