@@ -205,6 +205,12 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
             self.server_close()
             self.data_dir.close()
             raise ConfigError(str(error)) from None
+        missing = [f"the {role.name} role needs the {needed} role" for role in self.roles
+                   for needed in role.requires if self.role(needed) is None]
+        if missing:
+            self.server_close()
+            self.data_dir.close()
+            raise ConfigError("; ".join(missing) + " (add it to --roles)")
         self.services = 0
         for role in self.roles:
             self.services |= role.services

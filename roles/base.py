@@ -61,6 +61,7 @@ class Role:
 
     name: ClassVar[str]
     services: ClassVar[int] = 0  # service bits this role adds to the node's version
+    requires: ClassVar[tuple[str, ...]] = ()  # roles this one builds on
 
     def __init__(self, node: NodeContext, settings: object | None = None) -> None:
         self.node = node

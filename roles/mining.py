@@ -36,6 +36,7 @@ NONCES_PER_CHECK = 4096  # nonces between looks at the job pipe: ~3 ms at 1.5 MH
 TEMPLATE_REFRESH = 5.0  # seconds: rebuild the template so new transactions get in
 BLOCK_OVERHEAD = 1000  # bytes kept free for the header and coinbase in the size budget
 HASHRATE_WINDOW = 10.0  # seconds averaged for the reported hash rate
+MAX_CLOCK_LEAD = 60  # seconds a template's time may run ahead of the clock before mining pauses
 
 
 @dataclass
@@ -87,6 +88,7 @@ def _next_job(connection: multiprocessing.connection.Connection) -> Job | None:
 
 class MiningRole(Role):
     name = "mining"
+    requires = ("blockchain",)
 
     def __init__(self, node: NodeContext, settings: MiningConfig | None = None) -> None:
         super().__init__(node)
@@ -148,8 +150,10 @@ class MiningRole(Role):
         header_at = store.header_at(tip.block_id)
         times = [header_at(h).time for h in range(max(0, tip.height - 10), tip.height + 1)]
         chosen, fees = select_transactions(chain.mempool.entries(), network.max_block_size - BLOCK_OVERHEAD)
-        coinbase = coinbase_transaction(height, (TxOut(block_subsidy(height, network) + fees, self.config.address),),
-                                        data=f"epscoin miner {extra_nonce}")
+        reward = block_subsidy(height, network) + fees
+        # Once the subsidy is gone a block may earn nothing: its coinbase then has no output at all.
+        outputs = (TxOut(reward, self.config.address),) if reward else ()
+        coinbase = coinbase_transaction(height, outputs, data=f"epscoin miner {extra_nonce}")
         transactions = (coinbase, *chosen)
         draft = Block(BlockHeader(1, tip.block_id, "00" * 32, 0, 0, 0), transactions)
         header = BlockHeader(version=1, prev=tip.block_id, merkle_root=draft.computed_merkle_root(),
@@ -169,6 +173,12 @@ class MiningRole(Role):
                 template, height = self.build_template(extra_nonce)
             except Exception:
                 log.exception("[BUG] building a block template")
+                self._stopped.wait(1.0)
+                continue
+            if template.header.time > time.time() + MAX_CLOCK_LEAD:
+                # Each block must be later than the median of the last 11; mining faster than a
+                # block a second (regtest) pushes block times ahead of the clock. Let it catch up,
+                # long before other nodes would refuse them as "time-too-new".
                 self._stopped.wait(1.0)
                 continue
             job_id += 1

@@ -25,6 +25,7 @@ from roles.peer import Peer
 
 class WalletServicesRole(Role):
     name = "wallet-services"
+    requires = ("blockchain",)
 
     def _blockchain(self):
         chain = self.node.role("blockchain")
@@ -59,7 +60,8 @@ class WalletServicesRole(Role):
             # paged over, or the next page would start after coins never shown.
             last = confirmed[-1][0]
             rows = [row for row in rows if (row.txid, row.index) <= (last.txid, last.index)]
-        page, more = rows[:MAX_UTXOS_PER_ANSWER], len(rows) > MAX_UTXOS_PER_ANSWER
+        page = rows[:MAX_UTXOS_PER_ANSWER]
+        more = len(rows) > MAX_UTXOS_PER_ANSWER or len(confirmed) > MAX_UTXOS_PER_ANSWER
         cursor = f"{page[-1].txid}:{page[-1].index}" if more else None
         peer.send(Utxos(utxos=tuple(page), next=cursor))
 
