@@ -22,6 +22,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -55,6 +56,8 @@ CRAWL_INTERVAL = 600  # the seeder re-checks an address after 10 minutes
 CRAWL_WORKERS = 4  # visits at once
 MAX_DISCOVERY_DELAY = 60.0  # seconds between DNS lookups while the node lacks addresses to dial
 BAN_REFRESH_INTERVAL = 60.0  # seconds between sweeps of expired bans
+SEND_RATE_MARGIN = 0.9  # our copy of a peer's addr bucket refills a little slower than the real one
+MAX_QUEUED_ADDRS = 1000  # relays waiting for a peer's rate limit; the oldest go first beyond this
 
 NEVER_BANNED = frozenset({"127.0.0.1", "::1"})  # this machine itself
 
@@ -97,6 +100,20 @@ class PeerRouting:
     last_ping_at: float = field(default_factory=time.monotonic)
     ping_ms: float | None = None
     last_announce: float = field(default_factory=time.monotonic)
+    # Our copy of the peer's addr bucket for us: what it would drop waits here instead.
+    send_tokens: float = 1.0
+    send_tokens_at: float = field(default_factory=time.monotonic)
+    send_queue: deque = field(default_factory=lambda: deque(maxlen=MAX_QUEUED_ADDRS))
+
+    def take_send_tokens(self, now: float, wanted: int) -> int:
+        """How many of `wanted` addr entries the peer will accept now (and count them as sent)."""
+        if self.send_tokens < ADDR_BUCKET_SIZE:
+            self.send_tokens = min(ADDR_BUCKET_SIZE, self.send_tokens
+                                   + (now - self.send_tokens_at) * ADDR_RATE_PER_SECOND * SEND_RATE_MARGIN)
+        self.send_tokens_at = now
+        granted = max(0, min(wanted, int(self.send_tokens)))
+        self.send_tokens -= granted
+        return granted
 
     def take_token(self, now: float) -> bool:
         # As Bitcoin: the refill stops at the bucket size, but a getaddr bonus may lift it above.
@@ -263,7 +280,21 @@ class RoutingRole(Role):
         targets = list(by_node.values())
         for target in random.sample(targets, min(ADDR_RELAY_FANOUT, len(targets))):
             self._peer_state(target).known.add(entry.addr)
-            target.send(Addr(addrs=(entry,)))
+            self._send_addrs(target, [entry])
+
+    def _send_addrs(self, peer: Peer, entries: list[AddressEntry]) -> None:
+        """Announce entries to peer as fast as its rate limit takes them; the rest wait for tick()."""
+        state = self._peer_state(peer)
+        with self._lock:
+            state.send_queue.extend(entries)
+        self._flush_addrs(peer, state, time.monotonic())
+
+    def _flush_addrs(self, peer: Peer, state: PeerRouting, now: float) -> None:
+        with self._lock:
+            count = state.take_send_tokens(now, min(len(state.send_queue), ADDR_RELAY_MAX_ENTRIES))
+            batch = [state.send_queue.popleft() for _ in range(count)]
+        if batch:
+            peer.send(Addr(addrs=tuple(batch)))
 
     def on_getaddr(self, peer: Peer, message: GetAddr) -> None:
         state = self._peer_state(peer)
@@ -277,6 +308,9 @@ class RoutingRole(Role):
                    for e in self.book.sample(count) if e.host != peer.host]
         for entry in entries:
             state.known.add(entry.addr)
+        with self._lock:
+            state.send_tokens += ADDR_BUCKET_SIZE  # it asked: its bucket has room for the answer
+            state.take_send_tokens(time.monotonic(), len(entries))
         peer.send(Addr(addrs=tuple(entries)))
 
     def _announce_self(self, peer: Peer) -> None:
@@ -285,7 +319,7 @@ class RoutingRole(Role):
             return  # listening on 0.0.0.0 or similar: no address others could dial
         entry = AddressEntry(addr=format_address(host, port), services=self.node.services, time=int(time.time()))
         self._peer_state(peer).known.add(entry.addr)
-        peer.send(Addr(addrs=(entry,)))
+        self._send_addrs(peer, [entry])
 
     # -- misbehaviour and bans -------------------------------------------------------
 
@@ -370,6 +404,10 @@ class RoutingRole(Role):
     # -- periodic work --------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
+        for peer in self.node.ready_peers():
+            state = self._peer_state(peer)
+            if state.send_queue:
+                self._flush_addrs(peer, state, now)
         self._keepalive(now)
         self._announce_periodically(now)
         if not self.config.connect_only:
@@ -390,6 +428,9 @@ class RoutingRole(Role):
             state = self._peer_state(peer)
             if now - state.last_announce >= self.config.announce_interval:
                 state.last_announce = now
+                # As Bitcoin's MaybeSendAddr: forget what the peer was sent or told, so that this
+                # announcement, and the relays of the others' announcements, go out again.
+                state.known = SeenFilter(KNOWN_ADDRESSES_PER_PEER)
                 self._announce_self(peer)
 
     def _keep_outbound(self, now: float) -> None:
