@@ -294,9 +294,10 @@ class TestPartition:
     @pytest.mark.xfail(strict=True, reason=(
         "known limitation: addresses of nodes that were up before the heal do not cross it. An address travels "
         "in its node's own announcement when that node dials (all have 8 outbound already, so none dials again) "
-        "or re-announces (--announce-interval, a day), relays go only to peers that never saw it and are lost "
-        "to the receiver's 0.1/s addr rate limit, and getaddr answers are not relayed; only the bridge (which "
-        "asked) and the seeds' crawlers learn the other half. Remove this mark when re-announcements heal books"))
+        "or re-announces (--announce-interval, a day), relays go only to peers that never saw it, paced by "
+        "the receiver's 0.1/s addr rate limit, and getaddr answers are not relayed; only the bridge (which "
+        "asked) and the seeds' crawlers learn the other half within the test's bound. Remove this mark when "
+        "books heal in seconds"))
     def test_after_the_heal_every_book_knows_every_address(self, partition):
         """Every node of either half ends knowing every address of both (the brief's healing criterion)."""
         addresses = {node.listen for node in [*partition.half_a, *partition.half_b, partition.bridge]}
