@@ -116,4 +116,7 @@ class Block:
     @functools.cached_property
     def size(self) -> int:
         """Bytes of the block's canonical JSON: what the size limit counts."""
-        return len(canonical_json(self.to_json()))
+        # {"header":H,"txs":[T1,...,Tn]}, counted from the serializations the txids already made.
+        header = len(canonical_json(self.header.to_json()))
+        txs = sum(len(tx.serialized) for tx in self.transactions) + max(0, len(self.transactions) - 1)
+        return len('{"header":') + header + len(',"txs":[') + txs + len("]}")

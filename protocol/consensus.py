@@ -213,6 +213,7 @@ def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Ne
 
 
 PARALLEL_THRESHOLD = 16  # fewer signatures than this are verified inline: a thread hop costs more
+SIGNATURE_CHUNK = 128  # signatures per pool task: a future per signature costs about what its verify does
 
 
 def check_signatures(checks: list[tuple[Transaction, int, SignatureCheck]], pool: Executor | None) -> None:
@@ -224,3 +225,33 @@ def check_signatures(checks: list[tuple[Transaction, int, SignatureCheck]], pool
     for (tx, index, _), valid in zip(checks, verdicts):
         if not valid:
             raise ConsensusError("bad-txns-signature", f"transaction {tx.txid} input {index}: the signature is not valid")
+
+
+def _verify_all(checks: list[SignatureCheck]) -> list[bool]:
+    return [verify_signature(check) for check in checks]
+
+
+class SignatureBatch:
+    """A block's deferred signature checks (check_inputs appends them), verified on the pool in chunks
+    as they arrive: the pool verifies while the caller goes on checking the block's other inputs.
+    (ThreadPoolExecutor.map ignores chunksize: it makes one future per signature.)"""
+
+    def __init__(self, pool: Executor | None) -> None:
+        self.pool = pool
+        self._pending: list[tuple[Transaction, int, SignatureCheck]] = []
+        self._submitted: list = []  # (chunk, future of its verdicts), in order
+
+    def append(self, item: tuple[Transaction, int, SignatureCheck]) -> None:
+        self._pending.append(item)
+        if self.pool is not None and len(self._pending) >= SIGNATURE_CHUNK:
+            chunk, self._pending = self._pending, []
+            self._submitted.append((chunk, self.pool.submit(_verify_all, [check for _, _, check in chunk])))
+
+    def check(self) -> None:
+        """ConsensusError for the first invalid signature, in the order they were appended."""
+        rest = _verify_all([check for _, _, check in self._pending])  # here, while the pool finishes
+        for chunk, verdicts in [(c, f.result()) for c, f in self._submitted] + [(self._pending, rest)]:
+            for (tx, index, _), valid in zip(chunk, verdicts):
+                if not valid:
+                    raise ConsensusError("bad-txns-signature",
+                                         f"transaction {tx.txid} input {index}: the signature is not valid")

@@ -171,7 +171,15 @@ class Transaction:
 
     @functools.cached_property
     def _unsigned(self) -> bytes:
-        return replace(self, inputs=tuple(replace(i, signature="") for i in self.inputs)).serialized
+        """The canonical JSON with every signature "": the serialization with each `"signature":"HEX"` blanked.
+        (Exact: a signature is hex, and inside a JSON string every quote is escaped, so the pattern
+        occurs nowhere but at a signature field.)"""
+        unsigned = self.serialized
+        for txin in self.inputs:
+            if txin.signature:
+                unsigned = unsigned.replace(b'"signature":"' + txin.signature.encode("ascii") + b'"',
+                                            b'"signature":""')
+        return unsigned
 
     def signature_hash(self, index: int) -> bytes:
         """What input `index` signs: the transaction with every signature blanked, and the index."""

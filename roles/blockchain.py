@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from protocol.block import Block, bits_to_target
 from protocol.consensus import ConsensusError, check_block
+from protocol.framing import encode_frame
 from protocol.messages import Error
 from protocol.messages.blocks import MAX_HEADERS, BlockMessage, GetHeaders, Headers, TxMessage
 from protocol.messages.chaininfo import BlockchainInfo, BlockInfo, GetBlock, GetBlockchainInfo, GetTx, TxInfo
@@ -328,9 +329,9 @@ class BlockchainRole(Role):
         missing = []
         for item in message.items:
             if item.type == "block":
-                block = self.store.block(item.id)
-                if block is not None:
-                    peer.send(BlockMessage(block))
+                data = self.store.block_data(item.id)  # validated when stored: sent on as stored
+                if data is not None:
+                    peer.send_frame(encode_frame(f"{BlockMessage.command} {data.decode()}"))
                     continue
             else:
                 entry = self.mempool.get(item.id)

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Iterator
 
 from protocol.block import NULL_ID, Block, BlockHeader, work_for
-from protocol.consensus import (Coin, ConsensusError, check_block_context, check_header, check_header_context,
-                                check_inputs, check_signatures)
+from protocol.consensus import (Coin, ConsensusError, SignatureBatch, check_block_context, check_header,
+                                check_header_context, check_inputs)
 from protocol.networks import Network
 from protocol.transaction import OutPoint, Transaction, canonical_json
 
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS headers (
     chain_data INTEGER NOT NULL DEFAULT 0  -- 1 when this block and all its ancestors are stored (nChainTx)
 );
 CREATE INDEX IF NOT EXISTS headers_by_work ON headers (chainwork);
+CREATE INDEX IF NOT EXISTS headers_best ON headers (chainwork DESC, height ASC);  -- best_header without a scan
 CREATE INDEX IF NOT EXISTS headers_connectable ON headers (chain_data, chainwork);
 CREATE INDEX IF NOT EXISTS headers_by_prev ON headers (prev);
 CREATE TABLE IF NOT EXISTS blocks (id TEXT PRIMARY KEY, data BLOB NOT NULL);   -- canonical JSON
@@ -102,6 +103,7 @@ class ChainStore:
         self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: a process crash loses nothing committed
         self._db.executescript(SCHEMA)
         self._path_cache: list[tuple[int, str]] = []  # the best header's branch, see _best_path
+        self._just_stored: Block | None = None  # the block store_block last kept: connected without a re-parse
         self._verifier = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="verify")
         if self._header_row(network.genesis_id) is None:
             self._store_genesis()
@@ -157,6 +159,12 @@ class ChainStore:
         with self.lock:
             row = self._db.execute("SELECT data FROM blocks WHERE id = ?", (block_id,)).fetchone()
         return Block.from_json(json.loads(row[0])) if row else None
+
+    def block_data(self, block_id: str) -> bytes | None:
+        """A stored block's canonical JSON, for sending it on without parsing it."""
+        with self.lock:
+            row = self._db.execute("SELECT data FROM blocks WHERE id = ?", (block_id,)).fetchone()
+        return row[0] if row else None
 
     def coin(self, outpoint: OutPoint) -> Coin | None:
         """The unspent output at outpoint on the active chain (the CoinView the rules read)."""
@@ -233,17 +241,16 @@ class ChainStore:
             fork = min(tip.height, best.height)
             while fork > 0 and not self.is_active(branch[fork][1]):
                 fork -= 1
-            path = branch[fork + 1:]
             missing: list[tuple[int, str]] = []
-            for start in range(0, len(path), 500):
-                chunk = path[start:start + 500]
+            start, step = fork + 1, max(16, limit + len(exclude))  # the first chunk usually holds them all
+            while start < len(branch) and len(missing) < limit:
+                chunk = branch[start:start + step]  # never a copy of the whole branch above the fork
                 marks = ",".join("?" * len(chunk))
                 absent = {row[0] for row in self._db.execute(
                     f"SELECT id FROM headers WHERE status = {HEADER_ONLY} AND id IN ({marks})",
                     [block_id for _, block_id in chunk])}
                 missing += [(h, block_id) for h, block_id in chunk if block_id in absent and block_id not in exclude]
-                if len(missing) >= limit:
-                    break
+                start, step = start + step, min(2 * step, 500)
             return missing[:limit]
 
     def _best_path(self, best: StoredHeader) -> list[tuple[int, str]]:
@@ -291,7 +298,8 @@ class ChainStore:
         with self.lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT OR IGNORE INTO blocks (id, data) VALUES (?, ?)",
-                             (block.block_id, canonical_json(block.to_json())))
+                             (block.block_id, _block_json(block)))
+            self._just_stored = block
             self._db.execute("UPDATE headers SET status = ? WHERE id = ? AND status = ?",
                              (HAVE_DATA, block.block_id, HEADER_ONLY))
             parent = self._db.execute("SELECT chain_data FROM headers WHERE id = ?", (block.header.prev,)).fetchone()
@@ -318,7 +326,8 @@ class ChainStore:
                     disconnected.append(self._disconnect_tip())
                 failed = False
                 for stored in path:
-                    block = self.block(stored.block_id)
+                    just = self._just_stored
+                    block = just if just is not None and just.block_id == stored.block_id else self.block(stored.block_id)
                     try:
                         self._connect(block, stored.height)
                     except ConsensusError as error:
@@ -370,17 +379,17 @@ class ChainStore:
         spent: list[tuple[OutPoint, Coin]] = []  # coins from the UTXO set: the undo data
         view = _BlockView(self, created, set())
         fees = 0
-        signatures: list = []
+        signatures = SignatureBatch(self._verifier)  # verified on the pool while this loop goes on
         for tx in block.transactions[1:]:
             fees += check_inputs(tx, view, height, self.network, deferred_signatures=signatures)
             for txin in tx.inputs:
                 if created.pop(txin.prevout, None) is None:  # made and spent in this block: no undo needed
-                    spent.append((txin.prevout, self.coin(txin.prevout)))
+                    spent.append((txin.prevout, view.fetched[txin.prevout]))
                     view.spent.add(txin.prevout)
             for index, output in enumerate(tx.outputs):
                 created[OutPoint(tx.txid, index)] = Coin(output.amount, output.address, height, False)
         check_block_context(block, height, fees, self.network)
-        check_signatures(signatures, self._verifier)
+        signatures.check()
         coinbase = block.transactions[0]
         for index, output in enumerate(coinbase.outputs):
             created[OutPoint(coinbase.txid, index)] = Coin(output.amount, output.address, height, True)
@@ -476,11 +485,23 @@ class _BlockView:
 
     def __init__(self, store: ChainStore, created: dict[OutPoint, Coin], spent: set[OutPoint]) -> None:
         self.store, self.created, self.spent = store, created, spent
+        self.fetched: dict[OutPoint, Coin | None] = {}  # read from the UTXO set once: also the undo data
 
     def coin(self, outpoint: OutPoint) -> Coin | None:
         if outpoint in self.spent:
             return None
-        return self.created.get(outpoint) or self.store.coin(outpoint)
+        made = self.created.get(outpoint)
+        if made is not None:
+            return made
+        if outpoint not in self.fetched:
+            self.fetched[outpoint] = self.store.coin(outpoint)
+        return self.fetched[outpoint]
+
+
+def _block_json(block: Block) -> bytes:
+    """canonical_json(block.to_json()), joined from the serializations the txids already made."""
+    return (b'{"header":' + canonical_json(block.header.to_json()) + b',"txs":['
+            + b",".join(tx.serialized for tx in block.transactions) + b"]}")
 
 
 def _parse_header(raw: bytes) -> BlockHeader:
