@@ -184,7 +184,7 @@ def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Ne
     """The fee (inputs minus outputs), after checking every input exists, is mature, and is signed.
 
     With `deferred_signatures`, signatures are not verified here but appended to that
-    list, for check_signatures to verify a whole block's at once.
+    list (a SignatureBatch, or a list for check_signatures) to verify a whole block's at once.
     """
     total_in = 0
     for index, txin in enumerate(tx.inputs):
@@ -212,19 +212,7 @@ def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Ne
     return total_in - total_out
 
 
-PARALLEL_THRESHOLD = 16  # fewer signatures than this are verified inline: a thread hop costs more
 SIGNATURE_CHUNK = 128  # signatures per pool task: a future per signature costs about what its verify does
-
-
-def check_signatures(checks: list[tuple[Transaction, int, SignatureCheck]], pool: Executor | None) -> None:
-    """Verify deferred signatures, on the pool's threads when there are many (Bitcoin's -par)."""
-    if pool is None or len(checks) < PARALLEL_THRESHOLD:
-        verdicts = [verify_signature(check) for _, _, check in checks]
-    else:
-        verdicts = list(pool.map(verify_signature, [check for _, _, check in checks], chunksize=64))
-    for (tx, index, _), valid in zip(checks, verdicts):
-        if not valid:
-            raise ConsensusError("bad-txns-signature", f"transaction {tx.txid} input {index}: the signature is not valid")
 
 
 def _verify_all(checks: list[SignatureCheck]) -> list[bool]:
@@ -255,3 +243,11 @@ class SignatureBatch:
                 if not valid:
                     raise ConsensusError("bad-txns-signature",
                                          f"transaction {tx.txid} input {index}: the signature is not valid")
+
+
+def check_signatures(checks: list[tuple[Transaction, int, SignatureCheck]], pool: Executor | None) -> None:
+    """Verify deferred signatures all at once: a SignatureBatch filled in one go."""
+    batch = SignatureBatch(pool)
+    for item in checks:
+        batch.append(item)
+    batch.check()

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from protocol.block import NULL_ID, Block, BlockHeader, bits_to_target, target_to_bits
 from protocol.coin_address import BASE58_ALPHABET, base58_encode, decode_address, encode_address, pubkey_hash
-from protocol.consensus import (MAX_FUTURE_BLOCK_TIME, PARALLEL_THRESHOLD, RETARGET_CLAMP, Coin, ConsensusError,
+from protocol.consensus import (MAX_FUTURE_BLOCK_TIME, RETARGET_CLAMP, SIGNATURE_CHUNK, Coin, ConsensusError,
                                 block_subsidy, check_block, check_block_context, check_header, check_header_context,
                                 check_inputs, check_signatures, check_transaction, next_bits)
 from protocol.hashing import merkle_branch, merkle_root, root_from_branch, sha256d
@@ -488,15 +488,16 @@ def test_the_high_s_helper_malleates_a_real_signature():
 @pytest.mark.parametrize("pool", [None, "threads"])
 def test_signatures_of_a_block_verified_at_once(pool):
     chain = ChainBuilder(REGTEST, miner=ALICE)
-    chain.add_blocks(PARALLEL_THRESHOLD + REGTEST.coinbase_maturity)
-    outpoints = [chain.coinbase_outpoint(height) for height in range(1, PARALLEL_THRESHOLD + 1)]
-    tx = make_transaction(outpoints, [(BOB, COIN)], ALICE)  # one signature per input: enough for the pool
+    inputs = SIGNATURE_CHUNK + 1  # one full chunk goes to the pool, the last signature is checked inline
+    chain.add_blocks(inputs + REGTEST.coinbase_maturity)
+    outpoints = [chain.coinbase_outpoint(height) for height in range(1, inputs + 1)]
+    tx = make_transaction(outpoints, [(BOB, COIN)], ALICE)  # one signature per input
     forged = _with_signature(tx, 9, tx.inputs[8].signature)
     with ThreadPoolExecutor(max_workers=4) if pool else contextlib.nullcontext() as executor:
         for candidate in (tx, forged):
             deferred: list = []
             check_inputs(candidate, chain.view, next_height(chain), REGTEST, deferred_signatures=deferred)
-            assert len(deferred) == PARALLEL_THRESHOLD
+            assert len(deferred) == inputs
             if candidate is tx:
                 check_signatures(deferred, executor)
             else:
