@@ -11,6 +11,8 @@ import re
 from typing import Any
 
 MAX_UINT64 = 2**64 - 1
+MAX_INT63 = 2**63 - 1  # counts and heights: what a signed 64-bit integer holds in other languages
+HASH_ID = re.compile(r"[0-9a-f]{64}")  # a block id, txid or merkle hash: 64 lowercase hex digits
 
 
 MALFORMED_PENALTY = 10  # misbehaviour points for a malformed command; 100 gets a peer banned
@@ -71,6 +73,14 @@ def check_printable(value: str, what: str, penalty: int = MALFORMED_PENALTY) -> 
 
 
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 and C1 controls; tab is allowed
+
+
+def number(body: dict[str, Any], name: str, *, maximum: float = 1e300) -> float:
+    """A non-negative number field, integer or not (hash rates, difficulty); JSON true/false are not numbers."""
+    value = _get(body, name, _REQUIRED)
+    if type(value) not in (int, float) or not 0 <= value < maximum:
+        raise MessageError(f"field '{name}' must be a non-negative number")
+    return float(value)
 
 
 def _get(body: dict[str, Any], name: str, default: Any) -> Any:

@@ -7,7 +7,6 @@ the receiver knows on its best chain; `headers` answers with at most 2,000.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,6 @@ from protocol.transaction import Transaction, TransactionFormatError
 
 MAX_LOCATOR_SIZE = 101  # Bitcoin's MAX_LOCATOR_SZ
 MAX_HEADERS = 2000  # Bitcoin's MAX_HEADERS_RESULTS
-_ID = re.compile(r"[0-9a-f]{64}")
 
 
 @register
@@ -36,9 +34,9 @@ class GetHeaders(Message):
             raise fields.MessageError("field 'locator' must be a list of block ids")
         if len(locator) > MAX_LOCATOR_SIZE:
             raise fields.MessageError(f"a locator has at most {MAX_LOCATOR_SIZE} block ids", penalty=20)
-        if not all(isinstance(item, str) and _ID.fullmatch(item) for item in locator):
+        if not all(isinstance(item, str) and fields.HASH_ID.fullmatch(item) for item in locator):
             raise fields.MessageError("locator entries must be block ids (64 hex digits)")
-        return cls(locator=tuple(locator), stop=fields.text(body, "stop", max_length=64, pattern=_ID,
+        return cls(locator=tuple(locator), stop=fields.text(body, "stop", max_length=64, pattern=fields.HASH_ID,
                                                             default=NULL_ID))
 
     def to_body(self) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,20 +11,12 @@ from protocol.block import BlockHeader
 from protocol.messages.base import Message, register
 from protocol.transaction import Transaction, TransactionFormatError
 
-_ID = re.compile(r"[0-9a-f]{64}")
-_BIG = 2**63 - 1
 MAX_TXIDS_SHOWN = 20_000  # a block of 1 MB holds at most a few thousand transactions
 
 
-def _number(body: dict[str, Any], name: str) -> float:
-    value = body.get(name)
-    if type(value) not in (int, float) or not 0 <= value < 1e300:
-        raise fields.MessageError(f"field '{name}' must be a non-negative number")
-    return float(value)
-
 
 def _optional_int(body: dict[str, Any], name: str) -> int | None:
-    return None if body.get(name) is None else fields.integer(body, name, maximum=_BIG)
+    return None if body.get(name) is None else fields.integer(body, name, maximum=fields.MAX_INT63)
 
 
 @register
@@ -51,12 +42,12 @@ class BlockchainInfo(Message):
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "BlockchainInfo":
         return cls(network=fields.text(body, "network", max_length=16),
-                   height=fields.integer(body, "height", maximum=_BIG),
-                   tip=fields.text(body, "tip", max_length=64, pattern=_ID),
-                   difficulty=_number(body, "difficulty"),
-                   headers=fields.integer(body, "headers", maximum=_BIG),
-                   mempool_size=fields.integer(body, "mempool_size", maximum=_BIG),
-                   mempool_bytes=fields.integer(body, "mempool_bytes", maximum=_BIG))
+                   height=fields.integer(body, "height", maximum=fields.MAX_INT63),
+                   tip=fields.text(body, "tip", max_length=64, pattern=fields.HASH_ID),
+                   difficulty=fields.number(body, "difficulty"),
+                   headers=fields.integer(body, "headers", maximum=fields.MAX_INT63),
+                   mempool_size=fields.integer(body, "mempool_size", maximum=fields.MAX_INT63),
+                   mempool_bytes=fields.integer(body, "mempool_bytes", maximum=fields.MAX_INT63))
 
 
 @register
@@ -71,7 +62,7 @@ class GetBlock(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "GetBlock":
-        block_id = fields.text(body, "id", max_length=64, pattern=_ID, default=None)
+        block_id = fields.text(body, "id", max_length=64, pattern=fields.HASH_ID, default=None)
         height = fields.integer(body, "height", maximum=2**31 - 1, default=None)
         if (block_id is None) == (height is None):
             raise fields.MessageError("getblock takes exactly one of 'id' or 'height'", penalty=0)
@@ -95,16 +86,16 @@ class BlockInfo(Message):
     def from_body(cls, body: dict[str, Any]) -> "BlockInfo":
         txids = body.get("txids")
         if not isinstance(txids, list) or len(txids) > MAX_TXIDS_SHOWN or not all(
-                isinstance(t, str) and _ID.fullmatch(t) for t in txids):
+                isinstance(t, str) and fields.HASH_ID.fullmatch(t) for t in txids):
             raise fields.MessageError("field 'txids' must be a list of txids")
         try:
             header = BlockHeader.from_json(body.get("header"))
         except TransactionFormatError as error:
             raise fields.MessageError(str(error)) from None
-        return cls(id=fields.text(body, "id", max_length=64, pattern=_ID),
-                   height=fields.integer(body, "height", maximum=_BIG),
-                   confirmations=fields.integer(body, "confirmations", maximum=_BIG),
-                   header=header, size=fields.integer(body, "size", maximum=_BIG), txids=tuple(txids))
+        return cls(id=fields.text(body, "id", max_length=64, pattern=fields.HASH_ID),
+                   height=fields.integer(body, "height", maximum=fields.MAX_INT63),
+                   confirmations=fields.integer(body, "confirmations", maximum=fields.MAX_INT63),
+                   header=header, size=fields.integer(body, "size", maximum=fields.MAX_INT63), txids=tuple(txids))
 
     def to_body(self) -> dict[str, Any]:
         return {"id": self.id, "height": self.height, "confirmations": self.confirmations,
@@ -120,7 +111,7 @@ class GetTx(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "GetTx":
-        return cls(txid=fields.text(body, "txid", max_length=64, pattern=_ID))
+        return cls(txid=fields.text(body, "txid", max_length=64, pattern=fields.HASH_ID))
 
 
 @register
@@ -141,10 +132,10 @@ class TxInfo(Message):
             tx = Transaction.from_json(body.get("tx"))
         except TransactionFormatError as error:
             raise fields.MessageError(str(error)) from None
-        return cls(txid=fields.text(body, "txid", max_length=64, pattern=_ID), tx=tx,
-                   block=fields.text(body, "block", max_length=64, pattern=_ID, default=None),
+        return cls(txid=fields.text(body, "txid", max_length=64, pattern=fields.HASH_ID), tx=tx,
+                   block=fields.text(body, "block", max_length=64, pattern=fields.HASH_ID, default=None),
                    height=_optional_int(body, "height"),
-                   confirmations=fields.integer(body, "confirmations", maximum=_BIG))
+                   confirmations=fields.integer(body, "confirmations", maximum=fields.MAX_INT63))
 
     def to_body(self) -> dict[str, Any]:
         return {"txid": self.txid, "tx": self.tx.to_json(), "block": self.block, "height": self.height,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,6 @@ from protocol.messages.base import Message, register
 MAX_INV_ITEMS = 50_000  # Bitcoin's MAX_INV_SZ
 MAX_GETDATA_ITEMS = 1000  # a getdata asks for at most this many objects
 INVENTORY_TYPES = ("block", "tx")
-_ID = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -28,7 +26,7 @@ class InvItem:
         kind = item.get("type")
         if kind not in INVENTORY_TYPES:
             raise fields.MessageError("inventory type must be 'block' or 'tx'")
-        return cls(type=kind, id=fields.text(item, "id", max_length=64, pattern=_ID))
+        return cls(type=kind, id=fields.text(item, "id", max_length=64, pattern=fields.HASH_ID))
 
 
 def _items(body: dict[str, Any], limit: int, command: str) -> tuple[InvItem, ...]:

@@ -8,14 +8,7 @@ from typing import Any
 from protocol import fields
 from protocol.messages.base import Message, register
 
-_BIG = 2**63 - 1
 
-
-def _number(body: dict[str, Any], name: str) -> float:
-    value = body.get(name)
-    if type(value) not in (int, float) or not 0 <= value < 1e300:
-        raise fields.MessageError(f"field '{name}' must be a non-negative number")
-    return float(value)
 
 
 @register
@@ -40,9 +33,9 @@ class MiningInfo(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "MiningInfo":
-        return cls(hashrate=_number(body, "hashrate"), difficulty=_number(body, "difficulty"),
-                   height=fields.integer(body, "height", maximum=_BIG),
-                   template_txs=fields.integer(body, "template_txs", maximum=_BIG),
-                   blocks_found=fields.integer(body, "blocks_found", maximum=_BIG),
-                   workers=fields.integer(body, "workers", maximum=_BIG),
+        return cls(hashrate=fields.number(body, "hashrate"), difficulty=fields.number(body, "difficulty"),
+                   height=fields.integer(body, "height", maximum=fields.MAX_INT63),
+                   template_txs=fields.integer(body, "template_txs", maximum=fields.MAX_INT63),
+                   blocks_found=fields.integer(body, "blocks_found", maximum=fields.MAX_INT63),
+                   workers=fields.integer(body, "workers", maximum=fields.MAX_INT63),
                    address=fields.text(body, "address", max_length=40))

@@ -14,7 +14,6 @@ from protocol.messages.base import Message, register
 from protocol.messages.handshake import MAX_ADDRESS_TEXT, MAX_USER_AGENT
 
 MAX_PEER_ROWS = 10_000  # rows in one peerinfo; far above any node's connection limit
-_BIG = 2**63 - 1
 
 
 @register
@@ -53,13 +52,13 @@ class PeerRow:
             direction=fields.text(item, "direction", max_length=16),
             services=fields.integer(item, "services"),
             user_agent=fields.text(item, "user_agent", max_length=MAX_USER_AGENT),
-            version=fields.integer(item, "version", maximum=_BIG),
-            height=fields.integer(item, "height", maximum=_BIG),
+            version=fields.integer(item, "version", maximum=fields.MAX_INT63),
+            height=fields.integer(item, "height", maximum=fields.MAX_INT63),
             ping_ms=ping,
-            bytes_sent=fields.integer(item, "bytes_sent", maximum=_BIG),
-            bytes_received=fields.integer(item, "bytes_received", maximum=_BIG),
-            connected_since=fields.integer(item, "connected_since", maximum=_BIG),
-            score=fields.integer(item, "score", maximum=_BIG),
+            bytes_sent=fields.integer(item, "bytes_sent", maximum=fields.MAX_INT63),
+            bytes_received=fields.integer(item, "bytes_received", maximum=fields.MAX_INT63),
+            connected_since=fields.integer(item, "connected_since", maximum=fields.MAX_INT63),
+            score=fields.integer(item, "score", maximum=fields.MAX_INT63),
         )
 
 
@@ -111,7 +110,7 @@ class NetworkInfo(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "NetworkInfo":
-        counts = {name: fields.integer(body, name, maximum=_BIG)
+        counts = {name: fields.integer(body, name, maximum=fields.MAX_INT63)
                   for name in ("peers", "inbound", "outbound", "addresses_known", "banned", "addrs_dropped")}
         return cls(address=fields.text(body, "address", max_length=MAX_ADDRESS_TEXT),
                    user_agent=fields.text(body, "user_agent", max_length=MAX_USER_AGENT), **counts)

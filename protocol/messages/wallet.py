@@ -20,9 +20,7 @@ from protocol.transaction import TransactionFormatError
 MAX_ADDRESSES_PER_QUERY = 100
 MAX_UTXOS_PER_ANSWER = 1000  # more are paged: ask again with `after`
 MAX_BRANCH = 64  # a merkle branch of 64 hashes covers 2^64 transactions
-_ID = re.compile(r"[0-9a-f]{64}")
 _CURSOR = re.compile(r"[0-9a-f]{64}:[0-9]{1,10}")
-_BIG = 2**63 - 1
 
 
 @register
@@ -66,12 +64,12 @@ class UtxoRow:
         if not isinstance(item, dict) or type(item.get("coinbase")) is not bool:
             raise fields.MessageError("each utxo must be an object with a boolean 'coinbase'")
         height = item.get("height")
-        return cls(txid=fields.text(item, "txid", max_length=64, pattern=_ID),
+        return cls(txid=fields.text(item, "txid", max_length=64, pattern=fields.HASH_ID),
                    index=fields.integer(item, "index", maximum=2**32 - 1),
-                   amount=fields.integer(item, "amount", maximum=_BIG),
+                   amount=fields.integer(item, "amount", maximum=fields.MAX_INT63),
                    address=fields.text(item, "address", max_length=MAX_ADDRESS_LENGTH),
-                   height=None if height is None else fields.integer(item, "height", maximum=_BIG),
-                   confirmations=fields.integer(item, "confirmations", maximum=_BIG),
+                   height=None if height is None else fields.integer(item, "height", maximum=fields.MAX_INT63),
+                   confirmations=fields.integer(item, "confirmations", maximum=fields.MAX_INT63),
                    coinbase=item["coinbase"])
 
 
@@ -107,7 +105,7 @@ class GetProof(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "GetProof":
-        return cls(txid=fields.text(body, "txid", max_length=64, pattern=_ID))
+        return cls(txid=fields.text(body, "txid", max_length=64, pattern=fields.HASH_ID))
 
 
 @register
@@ -128,14 +126,14 @@ class Proof(Message):
     def from_body(cls, body: dict[str, Any]) -> "Proof":
         branch = body.get("branch")
         if not isinstance(branch, list) or len(branch) > MAX_BRANCH or not all(
-                isinstance(h, str) and _ID.fullmatch(h) for h in branch):
+                isinstance(h, str) and fields.HASH_ID.fullmatch(h) for h in branch):
             raise fields.MessageError(f"field 'branch' must be a list of at most {MAX_BRANCH} hashes")
         try:
             header = BlockHeader.from_json(body.get("header"))
         except TransactionFormatError as error:
             raise fields.MessageError(str(error)) from None
-        return cls(txid=fields.text(body, "txid", max_length=64, pattern=_ID), header=header,
-                   height=fields.integer(body, "height", maximum=_BIG),
+        return cls(txid=fields.text(body, "txid", max_length=64, pattern=fields.HASH_ID), header=header,
+                   height=fields.integer(body, "height", maximum=fields.MAX_INT63),
                    position=fields.integer(body, "position", maximum=2**32 - 1), branch=tuple(branch))
 
     def to_body(self) -> dict[str, Any]:
