@@ -167,6 +167,10 @@ class Peer:
         # initiative) and of commands this suite does not know are set aside instead of returned
         # when this is True; handshake() sets it for node peers.
         self.ignore_unspecified = False
+        # A ready peer may be sent other peers' chat at any moment (§7): a check that never
+        # expects chat sets this, so a relay from a concurrent check is not taken for its answer.
+        self.skip_relayed_chat = False
+        self.relayed_chat: list[Msg] = []
         self.unspecified: list[Msg] = []
 
     # -- sending -------------------------------------------------------------
@@ -284,6 +288,9 @@ class Peer:
                 if self.answer_pings:
                     self.send(compact("pong", {"nonce": msg.body["nonce"]}))
                     continue
+            if self.skip_relayed_chat and msg.word == "chat":
+                self.relayed_chat.append(msg)
+                continue
             if self.ignore_unspecified and (msg.word in BLOCKCHAIN_COMMANDS or (
                     msg.word is None and COMMAND_PATTERN.fullmatch(msg.text.partition(" ")[0]))):
                 self.unspecified.append(msg)
