@@ -21,6 +21,7 @@ from typing import Callable, Protocol, Sequence
 from protocol.block import Block, BlockHeader, bits_to_target, target_to_bits
 from protocol.coin_address import decode_address, pubkey_hash
 from protocol.networks import Network
+from protocol.tokens import MAX_TOKEN_SUPPLY
 from protocol.transaction import (MAX_MONEY, MAX_TX_SIZE, OutPoint, SignatureCheck, Transaction,
                                   verify_signature)
 
@@ -46,12 +47,16 @@ class Coin:
     address: str
     height: int  # of the block that created it
     is_coinbase: bool
+    token: str | None = None  # None: the amount is EPS
 
 
 class CoinView(Protocol):
-    """The unspent outputs a transaction may spend (the chain's, or the chain's plus the mempool's)."""
+    """The unspent outputs a transaction may spend (the chain's, or the chain's plus the mempool's),
+    and the tokens issued so far (a ticker belongs to its first issue)."""
 
     def coin(self, outpoint: OutPoint) -> Coin | None: ...
+
+    def token_issued(self, ticker: str) -> bool: ...
 
 
 # -- the transaction alone ------------------------------------------------------------------
@@ -68,15 +73,18 @@ def check_transaction(tx: Transaction, network: Network) -> None:
     for output in tx.outputs:
         if output.amount <= 0:
             raise ConsensusError("bad-txns-vout-negative", "an output amount must be positive")
-        if output.amount > MAX_MONEY:
-            raise ConsensusError("bad-txns-vout-toolarge", "an output amount exceeds the money supply")
-        total += output.amount
-        if total > MAX_MONEY:
-            raise ConsensusError("bad-txns-txouttotal-toolarge", "the outputs add up to more than the money supply")
+        if output.token is None:
+            if output.amount > MAX_MONEY:
+                raise ConsensusError("bad-txns-vout-toolarge", "an output amount exceeds the money supply")
+            total += output.amount
+            if total > MAX_MONEY:
+                raise ConsensusError("bad-txns-txouttotal-toolarge",
+                                     "the outputs add up to more than the money supply")
         try:
             decode_address(output.address, network.address_prefix)
         except ValueError as error:
             raise ConsensusError("bad-txns-address", f"output address {output.address!r}: {error}") from None
+    check_token_fields(tx)
     if tx.is_coinbase:
         return
     spent = set()
@@ -86,6 +94,35 @@ def check_transaction(tx: Transaction, network: Network) -> None:
         if txin.prevout in spent:
             raise ConsensusError("bad-txns-inputs-duplicate", "the same output is spent twice")
         spent.add(txin.prevout)
+
+
+def token_outputs(tx: Transaction) -> dict[str, int]:
+    """Units of each token the outputs hold."""
+    held: dict[str, int] = {}
+    for output in tx.outputs:
+        if output.token is not None:
+            held[output.token] = held.get(output.token, 0) + output.amount
+    return held
+
+
+def check_token_fields(tx: Transaction) -> None:
+    """The token parts of a transaction alone: no tokens in a coinbase, sane totals, an issue paid out whole."""
+    if tx.is_coinbase:
+        if tx.has_tokens:
+            raise ConsensusError("bad-cb-token", "a coinbase creates EPS only: no token outputs, issue or burn")
+        return
+    held = token_outputs(tx)
+    for ticker, units in held.items():
+        if units > MAX_TOKEN_SUPPLY:
+            raise ConsensusError("bad-txns-token-toolarge", f"the outputs hold more than {MAX_TOKEN_SUPPLY} {ticker}")
+    if tx.issue is not None:
+        ticker = tx.issue.ticker
+        if held.get(ticker, 0) != tx.issue.supply:
+            raise ConsensusError("bad-txns-token-issue",
+                                 f"the outputs must hold exactly the issued supply {tx.issue.supply} {ticker}, "
+                                 f"not {held.get(ticker, 0)}")
+        if any(burn.token == ticker for burn in tx.burn):
+            raise ConsensusError("bad-txns-token-issue", f"a transaction cannot burn the {ticker} it issues")
 
 
 # -- the block alone ---------------------------------------------------------------------------
@@ -187,6 +224,7 @@ def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Ne
     list (a SignatureBatch, or a list for check_signatures) to verify a whole block's at once.
     """
     total_in = 0
+    tokens_in: dict[str, int] = {}
     for index, txin in enumerate(tx.inputs):
         coin = view.coin(txin.prevout)
         if coin is None:
@@ -203,13 +241,36 @@ def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Ne
             deferred_signatures.append((tx, index, tx.signature_check(index)))
         elif not tx.signature_valid(index):
             raise ConsensusError("bad-txns-signature", f"input {index}: the signature is not valid")
+        if coin.token is not None:
+            tokens_in[coin.token] = tokens_in.get(coin.token, 0) + coin.amount
+            continue
         total_in += coin.amount
         if total_in > MAX_MONEY:
             raise ConsensusError("bad-txns-inputvalues-outofrange", "the inputs add up to more than the money supply")
-    total_out = sum(output.amount for output in tx.outputs)
+    check_token_balance(tx, tokens_in, view)
+    total_out = sum(output.amount for output in tx.outputs if output.token is None)
     if total_in < total_out:
         raise ConsensusError("bad-txns-in-belowout", f"outputs ({total_out}) exceed inputs ({total_in})")
     return total_in - total_out
+
+
+def check_token_balance(tx: Transaction, tokens_in: dict[str, int], view: CoinView) -> None:
+    """Every token is conserved: its inputs equal its outputs plus its burn, except the one issued here,
+    whose ticker must be new."""
+    tokens_out = token_outputs(tx)
+    burned = {burn.token: burn.amount for burn in tx.burn}
+    issued = tx.issue.ticker if tx.issue is not None else None
+    if issued is not None:
+        if view.token_issued(issued):
+            raise ConsensusError("bad-txns-token-exists", f"the ticker {issued} was already issued")
+        if issued in tokens_in:
+            raise ConsensusError("bad-txns-token-exists", f"the inputs already hold {issued}")
+    for ticker in sorted((tokens_in.keys() | tokens_out.keys() | burned.keys()) - {issued}):
+        held, paid, destroyed = tokens_in.get(ticker, 0), tokens_out.get(ticker, 0), burned.get(ticker, 0)
+        if held != paid + destroyed:
+            raise ConsensusError("bad-txns-token-unbalanced",
+                                 f"{ticker}: the inputs hold {held}, the outputs {paid} and the burn {destroyed} "
+                                 "(a token is neither created nor lost except by its issue and an explicit burn)")
 
 
 SIGNATURE_CHUNK = 128  # signatures per pool task: a future per signature costs about what its verify does

@@ -5,6 +5,11 @@
      "outputs":[{"amount":4999990000,"address":"E5mx.."}],
      "locktime":0}
 
+An output may carry a token instead of EPS (`"token":"XSHOP"`, the amount
+then counts token units), and a transaction may issue or burn tokens
+(`"issue"`, `"burn"`: protocol/tokens.py). Fields that are absent are left out
+of the JSON, so a plain EPS transaction reads exactly as above.
+
 An input spends an earlier output (txid, index) and proves ownership with the
 public key whose hash the output's address holds, and a secp256k1 signature.
 A coinbase transaction has one input `{"coinbase": HEIGHT, "data": TEXT}` and
@@ -28,6 +33,7 @@ from typing import Any
 import coincurve
 
 from protocol.hashing import sha256d
+from protocol.tokens import TokenBurn, TokenFormatError, TokenIssue, burns_from_json, check_ticker
 
 COIN = 100_000_000  # base units in 1 EPS
 MAX_MONEY = 21_000_000 * COIN  # Bitcoin's MAX_MONEY: no amount, nor any sum of amounts, may exceed it
@@ -110,11 +116,14 @@ class TxIn:
 
 @dataclass(frozen=True)
 class TxOut:
-    amount: int  # base units
+    amount: int  # base units of EPS, or whole units of `token`
     address: str
+    token: str | None = None  # None: EPS
 
     def to_json(self) -> dict[str, Any]:
-        return {"amount": self.amount, "address": self.address}
+        if self.token is None:
+            return {"amount": self.amount, "address": self.address}
+        return {"amount": self.amount, "address": self.address, "token": self.token}
 
     @classmethod
     def from_json(cls, item: Any) -> "TxOut":
@@ -125,7 +134,13 @@ class TxOut:
             raise TransactionFormatError("output amount must be an integer number of base units")
         if not isinstance(address, str) or not 0 < len(address) <= 40 or not _encodable(address):
             raise TransactionFormatError("output address must be text of 1 to 40 characters")
-        return cls(amount=amount, address=address)
+        token = None
+        if "token" in item:  # present means a ticker: a null would give two spellings of one txid
+            try:
+                token = check_ticker(item["token"])
+            except TokenFormatError as error:
+                raise TransactionFormatError(f"output token: {error}") from None
+        return cls(amount=amount, address=address, token=token)
 
 
 @dataclass(frozen=True)
@@ -134,14 +149,25 @@ class Transaction:
     outputs: tuple[TxOut, ...]
     version: int = 1
     locktime: int = 0
+    issue: TokenIssue | None = None
+    burn: tuple[TokenBurn, ...] = ()
 
     @property
     def is_coinbase(self) -> bool:
         return len(self.inputs) == 1 and self.inputs[0].is_coinbase
 
+    @property
+    def has_tokens(self) -> bool:
+        return self.issue is not None or bool(self.burn) or any(o.token is not None for o in self.outputs)
+
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "inputs": [i.to_json() for i in self.inputs],
-                "outputs": [o.to_json() for o in self.outputs], "locktime": self.locktime}
+        value: dict[str, Any] = {"version": self.version, "inputs": [i.to_json() for i in self.inputs],
+                                 "outputs": [o.to_json() for o in self.outputs], "locktime": self.locktime}
+        if self.issue is not None:
+            value["issue"] = self.issue.to_json()
+        if self.burn:
+            value["burn"] = [burn.to_json() for burn in self.burn]
+        return value
 
     @classmethod
     def from_json(cls, value: Any) -> "Transaction":
@@ -154,8 +180,14 @@ class Transaction:
         if type(version) is not int or not 0 <= version < 2**31 or type(locktime) is not int \
                 or not 0 <= locktime < 2**32:
             raise TransactionFormatError("version must be an integer from 0 to 2^31-1, locktime from 0 to 2^32-1")
+        try:
+            issue = TokenIssue.from_json(value["issue"]) if "issue" in value else None
+            burn = burns_from_json(value["burn"]) if "burn" in value else ()
+        except TokenFormatError as error:
+            raise TransactionFormatError(str(error)) from None
         return cls(inputs=tuple(TxIn.from_json(i) for i in inputs),
-                   outputs=tuple(TxOut.from_json(o) for o in outputs), version=version, locktime=locktime)
+                   outputs=tuple(TxOut.from_json(o) for o in outputs), version=version, locktime=locktime,
+                   issue=issue, burn=burn)
 
     @functools.cached_property
     def serialized(self) -> bytes:

@@ -28,7 +28,8 @@ from protocol.consensus import ConsensusError, check_block
 from protocol.framing import encode_frame
 from protocol.messages import Error
 from protocol.messages.blocks import MAX_HEADERS, BlockMessage, GetHeaders, Headers, TxMessage
-from protocol.messages.chaininfo import BlockchainInfo, BlockInfo, GetBlock, GetBlockchainInfo, GetTx, TxInfo
+from protocol.messages.chaininfo import (BlockchainInfo, BlockInfo, GetBlock, GetBlockchainInfo, GetToken, GetTx,
+                                         TokenInfo, TxInfo)
 from protocol.messages.handshake import NODE_NETWORK
 from protocol.messages.inventory import GetData, Inv, InvItem, MempoolRequest, NotFound
 from protocol.transaction import Transaction
@@ -436,6 +437,14 @@ class BlockchainRole(Role):
     def on_gettx(self, peer: Peer, message: GetTx) -> None:
         info = self._tx_info(message.txid)
         peer.send(info if info is not None else Error("no such transaction here", about="gettx"))
+
+    def on_gettoken(self, peer: Peer, message: GetToken) -> None:
+        token = self.store.token(message.ticker)
+        if token is None:
+            peer.send(Error(f"no token {message.ticker} has been issued on this chain", about="gettoken"))
+            return
+        peer.send(TokenInfo(ticker=token.ticker, name=token.name, supply=token.supply, burned=token.burned,
+                            issuer=token.issuer, txid=token.txid, height=token.height, holders=token.holders))
 
     def _tx_info(self, txid: str) -> TxInfo | None:
         entry = self.mempool.get(txid)

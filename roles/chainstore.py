@@ -59,9 +59,15 @@ CREATE TABLE IF NOT EXISTS blocks (id TEXT PRIMARY KEY, data BLOB NOT NULL);   -
 CREATE TABLE IF NOT EXISTS active (height INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS utxo (
     txid TEXT NOT NULL, idx INTEGER NOT NULL, amount INTEGER NOT NULL, address TEXT NOT NULL,
-    height INTEGER NOT NULL, coinbase INTEGER NOT NULL, PRIMARY KEY (txid, idx)
+    height INTEGER NOT NULL, coinbase INTEGER NOT NULL,
+    token TEXT,                   -- NULL: EPS; else the ticker whose units `amount` counts
+    PRIMARY KEY (txid, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS utxo_by_address ON utxo (address);
+CREATE TABLE IF NOT EXISTS tokens (  -- every token issued on the active chain
+    ticker TEXT PRIMARY KEY, name TEXT NOT NULL, supply INTEGER NOT NULL, issuer TEXT NOT NULL,
+    txid TEXT NOT NULL, height INTEGER NOT NULL, burned INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS undo (id TEXT PRIMARY KEY, data BLOB NOT NULL);     -- coins the block spent
 CREATE TABLE IF NOT EXISTS txindex (
     txid TEXT PRIMARY KEY, block TEXT NOT NULL, position INTEGER NOT NULL
@@ -86,6 +92,22 @@ class StoredHeader:
 
 
 @dataclass(frozen=True)
+class TokenRecord:
+    ticker: str
+    name: str
+    supply: int  # as issued
+    burned: int  # destroyed since, by explicit burns
+    issuer: str  # the address whose coin the issue's first input spent
+    txid: str
+    height: int
+    holders: int = 0
+
+    @property
+    def circulating(self) -> int:
+        return self.supply - self.burned
+
+
+@dataclass(frozen=True)
 class ChainChange:
     """What one call to activate_best_chain did, oldest first in each list."""
 
@@ -102,11 +124,19 @@ class ChainStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: a process crash loses nothing committed
         self._db.executescript(SCHEMA)
+        self._add_token_column()
+        self._db.execute("CREATE INDEX IF NOT EXISTS utxo_by_token ON utxo (token) WHERE token IS NOT NULL")
         self._path_cache: list[tuple[int, str]] = []  # the best header's branch, see _best_path
         self._just_stored: Block | None = None  # the block store_block last kept: connected without a re-parse
         self._verifier = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="verify")
         if self._header_row(network.genesis_id) is None:
             self._store_genesis()
+
+    def _add_token_column(self) -> None:
+        """A store made before the token layer has no utxo.token: every coin in it is EPS (NULL)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(utxo)")}
+        if "token" not in columns:
+            self._db.execute("ALTER TABLE utxo ADD COLUMN token TEXT")
 
     def close(self) -> None:
         self._verifier.shutdown()
@@ -169,9 +199,24 @@ class ChainStore:
     def coin(self, outpoint: OutPoint) -> Coin | None:
         """The unspent output at outpoint on the active chain (the CoinView the rules read)."""
         with self.lock:
-            row = self._db.execute("SELECT amount, address, height, coinbase FROM utxo WHERE txid = ? AND idx = ?",
-                                   (outpoint.txid, outpoint.index)).fetchone()
-        return Coin(row[0], row[1], row[2], bool(row[3])) if row else None
+            row = self._db.execute("SELECT amount, address, height, coinbase, token FROM utxo "
+                                   "WHERE txid = ? AND idx = ?", (outpoint.txid, outpoint.index)).fetchone()
+        return Coin(row[0], row[1], row[2], bool(row[3]), row[4]) if row else None
+
+    def token_issued(self, ticker: str) -> bool:
+        with self.lock:
+            return self._db.execute("SELECT 1 FROM tokens WHERE ticker = ?", (ticker,)).fetchone() is not None
+
+    def token(self, ticker: str) -> TokenRecord | None:
+        """A token issued on the active chain, with how many addresses hold it now."""
+        with self.lock:
+            row = self._db.execute("SELECT ticker, name, supply, burned, issuer, txid, height FROM tokens "
+                                   "WHERE ticker = ?", (ticker,)).fetchone()
+            if row is None:
+                return None
+            (holders,) = self._db.execute("SELECT COUNT(DISTINCT address) FROM utxo WHERE token = ?",
+                                          (ticker,)).fetchone()
+        return TokenRecord(*row, holders=holders)
 
     def coins_for(self, addresses: list[str], limit: int, after: tuple[str, int] | None = None
                   ) -> list[tuple[OutPoint, Coin]]:
@@ -180,9 +225,9 @@ class ChainStore:
         start = after or ("", -1)
         with self.lock:
             rows = self._db.execute(
-                f"SELECT txid, idx, amount, address, height, coinbase FROM utxo WHERE address IN ({marks}) "
+                f"SELECT txid, idx, amount, address, height, coinbase, token FROM utxo WHERE address IN ({marks}) "
                 "AND (txid, idx) > (?, ?) ORDER BY txid, idx LIMIT ?", (*addresses, *start, limit)).fetchall()
-        return [(OutPoint(r[0], r[1]), Coin(r[2], r[3], r[4], bool(r[5]))) for r in rows]
+        return [(OutPoint(r[0], r[1]), Coin(r[2], r[3], r[4], bool(r[5]), r[6])) for r in rows]
 
     def transaction(self, txid: str) -> tuple[Transaction, str, int] | None:
         """A confirmed transaction, its block and the block's height (from the tx index)."""
@@ -380,28 +425,37 @@ class ChainStore:
         view = _BlockView(self, created, set())
         fees = 0
         signatures = SignatureBatch(self._verifier)  # verified on the pool while this loop goes on
+        issues: list[tuple] = []  # rows for the tokens table
+        burns: list[tuple[int, str]] = []
         for tx in block.transactions[1:]:
+            if tx.issue is not None:
+                first = view.coin(tx.inputs[0].prevout)  # the issuer; check_inputs rejects a missing coin
+                issuer = first.address if first is not None else ""
             fees += check_inputs(tx, view, height, self.network, deferred_signatures=signatures)
+            if tx.issue is not None:
+                view.issued.add(tx.issue.ticker)
+                issues.append((tx.issue.ticker, tx.issue.name, tx.issue.supply, issuer, tx.txid, height))
+            burns += [(burn.amount, burn.token) for burn in tx.burn]
             for txin in tx.inputs:
                 if created.pop(txin.prevout, None) is None:  # made and spent in this block: no undo needed
                     spent.append((txin.prevout, view.fetched[txin.prevout]))
                     view.spent.add(txin.prevout)
             for index, output in enumerate(tx.outputs):
-                created[OutPoint(tx.txid, index)] = Coin(output.amount, output.address, height, False)
+                created[OutPoint(tx.txid, index)] = Coin(output.amount, output.address, height, False, output.token)
         check_block_context(block, height, fees, self.network)
         signatures.check()
         coinbase = block.transactions[0]
         for index, output in enumerate(coinbase.outputs):
             created[OutPoint(coinbase.txid, index)] = Coin(output.amount, output.address, height, True)
-        undo = [[op.txid, op.index, c.amount, c.address, c.height, int(c.is_coinbase)] for op, c in spent]
+        undo = [_coin_row(op, c) for op, c in spent]
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
                                  [(op.txid, op.index) for op, _ in spent])
-            self._db.executemany("INSERT INTO utxo (txid, idx, amount, address, height, coinbase) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)",
-                                 [(op.txid, op.index, c.amount, c.address, c.height, int(c.is_coinbase))
-                                  for op, c in created.items()])
+            self._db.executemany(_INSERT_COIN, [_coin_row(op, c) for op, c in created.items()])
+            self._db.executemany("INSERT INTO tokens (ticker, name, supply, issuer, txid, height) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", issues)
+            self._db.executemany("UPDATE tokens SET burned = burned + ? WHERE ticker = ?", burns)
             self._db.executemany("INSERT OR REPLACE INTO txindex (txid, block, position) VALUES (?, ?, ?)",
                                  [(tx.txid, block.block_id, i) for i, tx in enumerate(block.transactions)])
             self._db.execute("INSERT OR REPLACE INTO undo (id, data) VALUES (?, ?)", (block.block_id, json.dumps(undo)))
@@ -418,8 +472,11 @@ class ChainStore:
             for tx in block.transactions:
                 self._db.execute("DELETE FROM utxo WHERE txid = ?", (tx.txid,))
                 self._db.execute("DELETE FROM txindex WHERE txid = ? AND block = ?", (tx.txid, block.block_id))
-            self._db.executemany("INSERT INTO utxo (txid, idx, amount, address, height, coinbase) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", [tuple(coin) for coin in json.loads(undo_json)])
+                self._db.execute("DELETE FROM tokens WHERE txid = ?", (tx.txid,))
+                self._db.executemany("UPDATE tokens SET burned = burned - ? WHERE ticker = ?",
+                                     [(burn.amount, burn.token) for burn in tx.burn])
+            # Undo rows written before the token layer have six fields: their coins are EPS.
+            self._db.executemany(_INSERT_COIN, [(*coin, None)[:7] for coin in json.loads(undo_json)])
             self._db.execute("DELETE FROM active WHERE height = ?", (tip.height,))
         return block
 
@@ -448,8 +505,9 @@ class ChainStore:
                         if txin.prevout is not None:
                             replay.pop((txin.prevout.txid, txin.prevout.index), None)
                     for index, output in enumerate(tx.outputs):
-                        replay[(tx.txid, index)] = (output.amount, output.address, height, int(tx.is_coinbase))
-            rows = self._db.execute("SELECT txid, idx, amount, address, height, coinbase FROM utxo").fetchall()
+                        replay[(tx.txid, index)] = (output.amount, output.address, height, int(tx.is_coinbase),
+                                                    output.token)
+            rows = self._db.execute("SELECT txid, idx, amount, address, height, coinbase, token FROM utxo").fetchall()
             return {(r[0], r[1]): tuple(r[2:]) for r in rows} == replay
 
 
@@ -486,6 +544,10 @@ class _BlockView:
     def __init__(self, store: ChainStore, created: dict[OutPoint, Coin], spent: set[OutPoint]) -> None:
         self.store, self.created, self.spent = store, created, spent
         self.fetched: dict[OutPoint, Coin | None] = {}  # read from the UTXO set once: also the undo data
+        self.issued: set[str] = set()  # tickers issued by earlier transactions of the block
+
+    def token_issued(self, ticker: str) -> bool:
+        return ticker in self.issued or self.store.token_issued(ticker)
 
     def coin(self, outpoint: OutPoint) -> Coin | None:
         if outpoint in self.spent:
@@ -496,6 +558,14 @@ class _BlockView:
         if outpoint not in self.fetched:
             self.fetched[outpoint] = self.store.coin(outpoint)
         return self.fetched[outpoint]
+
+
+_INSERT_COIN = "INSERT INTO utxo (txid, idx, amount, address, height, coinbase, token) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+def _coin_row(outpoint: OutPoint, coin: Coin) -> tuple:
+    """A coin as a utxo row (and as an undo entry)."""
+    return (outpoint.txid, outpoint.index, coin.amount, coin.address, coin.height, int(coin.is_coinbase), coin.token)
 
 
 def _block_json(block: Block) -> bytes:

@@ -53,6 +53,8 @@ class ChainCoins(CoinView, Protocol):
 
     def transaction(self, txid: str) -> object | None: ...
 
+    def token_issued(self, ticker: str) -> bool: ...
+
 
 class Mempool:
     def __init__(self, network: Network, max_bytes: int = MAX_MEMPOOL_BYTES,
@@ -63,6 +65,7 @@ class Mempool:
         self._lock = threading.RLock()  # guards _entries, _spent_by, _bytes
         self._entries: dict[str, MempoolEntry] = {}
         self._spent_by: dict[OutPoint, str] = {}  # outpoint -> txid of the waiting tx spending it
+        self._issues: dict[str, str] = {}  # ticker -> txid of the waiting tx issuing it
         self._bytes = 0
 
     # -- reading -------------------------------------------------------------------------------
@@ -118,6 +121,9 @@ class Mempool:
                     raise PolicyError("txn-mempool-conflict",
                                       f"{txin.prevout.txid}:{txin.prevout.index} is already spent by waiting "
                                       f"transaction {other}")
+            if tx.issue is not None and tx.issue.ticker in self._issues:
+                raise PolicyError("txn-mempool-conflict", f"the ticker {tx.issue.ticker} is already being issued "
+                                                          f"by waiting transaction {self._issues[tx.issue.ticker]}")
             fee = check_inputs(tx, self.view(chain), tip_height + 1, self.network)
             entry = MempoolEntry(tx, fee)
             if entry.fee_rate < self.min_fee_rate:
@@ -141,6 +147,8 @@ class Mempool:
                     conflict = self._spent_by.get(txin.prevout) if txin.prevout else None
                     if conflict is not None:
                         removed += self._remove_with_descendants(conflict)
+                if tx.issue is not None and tx.issue.ticker in self._issues:  # the block took the ticker
+                    removed += self._remove_with_descendants(self._issues[tx.issue.ticker])
         return removed
 
     def readd(self, transactions: list[Transaction], chain: ChainCoins, tip_height: int) -> list[str]:
@@ -183,6 +191,8 @@ class Mempool:
         self._bytes += entry.size
         for txin in entry.tx.inputs:
             self._spent_by[txin.prevout] = entry.tx.txid
+        if entry.tx.issue is not None:
+            self._issues[entry.tx.issue.ticker] = entry.tx.txid
 
     def _remove(self, txid: str) -> None:
         entry = self._entries.pop(txid)
@@ -190,6 +200,8 @@ class Mempool:
         for txin in entry.tx.inputs:
             if self._spent_by.get(txin.prevout) == txid:
                 del self._spent_by[txin.prevout]
+        if entry.tx.issue is not None and self._issues.get(entry.tx.issue.ticker) == txid:
+            del self._issues[entry.tx.issue.ticker]
 
     def _remove_with_descendants(self, txid: str) -> list[str]:
         removed, stack = [], [txid]
@@ -222,5 +234,8 @@ class _PoolView:
             if outpoint.index >= len(waiting.tx.outputs):
                 return None
             output = waiting.tx.outputs[outpoint.index]
-            return Coin(output.amount, output.address, height=2**31 - 1, is_coinbase=False)
+            return Coin(output.amount, output.address, height=2**31 - 1, is_coinbase=False, token=output.token)
         return self.chain.coin(outpoint)
+
+    def token_issued(self, ticker: str) -> bool:
+        return ticker in self.pool._issues or self.chain.token_issued(ticker)

@@ -47,13 +47,14 @@ class WalletServicesRole(Role):
         for outpoint, coin in confirmed:
             if mempool.spender_of(outpoint) is None:
                 rows.append(UtxoRow(outpoint.txid, outpoint.index, coin.amount, coin.address, coin.height,
-                                    tip - coin.height + 1, coin.is_coinbase))
+                                    tip - coin.height + 1, coin.is_coinbase, coin.token))
         for entry in mempool.entries():  # waiting payments: zero confirmations
             for index, output in enumerate(entry.tx.outputs):
                 outpoint = OutPoint(entry.tx.txid, index)
                 if output.address in wanted and mempool.spender_of(outpoint) is None and \
                         (after is None or (outpoint.txid, outpoint.index) > after):
-                    rows.append(UtxoRow(outpoint.txid, index, output.amount, output.address, None, 0, False))
+                    rows.append(UtxoRow(outpoint.txid, index, output.amount, output.address, None, 0, False,
+                                        output.token))
         rows.sort(key=lambda row: (row.txid, row.index))
         if len(confirmed) > MAX_UTXOS_PER_ANSWER:
             # Confirmed coins past the last one fetched were not read: nothing beyond it may be

@@ -36,6 +36,7 @@ from protocol.consensus import (Coin, block_subsidy, check_block, check_block_co
                                 check_inputs, median_time_past, next_bits)
 from protocol.hashing import merkle_root
 from protocol.networks import NETWORKS, Network
+from protocol.tokens import TokenBurn, TokenIssue
 from protocol.transaction import OutPoint, Transaction, TxIn, TxOut, coinbase_transaction
 
 REGTEST = NETWORKS["regtest"]
@@ -68,17 +69,24 @@ def address_of(payee: Payee) -> str:
     return payee.address if isinstance(payee, Key) else payee
 
 
-def make_transaction(outpoints: OutPoint | Sequence[OutPoint], outputs: Iterable[tuple[Payee, int]],
-                     keys: Key | Sequence[Key] | None) -> Transaction:
+Output = Union[tuple[Payee, int], tuple[Payee, int, str]]  # (payee, EPS base units) or (payee, units, TICKER)
+
+
+def make_transaction(outpoints: OutPoint | Sequence[OutPoint], outputs: Iterable[Output],
+                     keys: Key | Sequence[Key] | None, issue: TokenIssue | None = None,
+                     burn: Sequence[TokenBurn] = ()) -> Transaction:
     """A transaction spending `outpoints` to (payee, amount) pairs, signed input by input.
 
-    `keys` is one key for every input, or one per input; None leaves the inputs
-    unsigned (and without pubkeys). No coin is looked up: the result may spend
-    anything, which is what tests of missing coins need.
+    An output given as (payee, units, "XSHOP") carries a token; `issue` and
+    `burn` are the token fields (protocol/tokens.py). `keys` is one key for
+    every input, or one per input; None leaves the inputs unsigned (and without
+    pubkeys). No coin is looked up: the result may spend anything, which is
+    what tests of missing coins need.
     """
     outpoints = [outpoints] if isinstance(outpoints, OutPoint) else list(outpoints)
     tx = Transaction(inputs=tuple(TxIn(prevout=outpoint) for outpoint in outpoints),
-                     outputs=tuple(TxOut(amount, address_of(payee)) for payee, amount in outputs))
+                     outputs=tuple(TxOut(output[1], address_of(output[0]), *output[2:]) for output in outputs),
+                     issue=issue, burn=tuple(burn))
     if keys is None:
         return tx
     keys = [keys] * len(outpoints) if isinstance(keys, Key) else list(keys)
@@ -125,14 +133,18 @@ def unmine(header: BlockHeader) -> BlockHeader:
 class UtxoView:
     """The unspent outputs, in a dict: a protocol.consensus.CoinView that blocks can be applied to."""
 
-    def __init__(self, coins: dict[OutPoint, Coin] | None = None) -> None:
+    def __init__(self, coins: dict[OutPoint, Coin] | None = None, tickers: set[str] | None = None) -> None:
         self.coins: dict[OutPoint, Coin] = dict(coins or {})
+        self.tickers: set[str] = set(tickers or ())  # tokens issued so far
 
     def coin(self, outpoint: OutPoint) -> Coin | None:
         return self.coins.get(outpoint)
 
+    def token_issued(self, ticker: str) -> bool:
+        return ticker in self.tickers
+
     def copy(self) -> "UtxoView":
-        return UtxoView(self.coins)
+        return UtxoView(self.coins, self.tickers)
 
     def add_transaction(self, tx: Transaction, height: int) -> None:
         """Spend tx's inputs and add its outputs. Checks nothing: run check_inputs first."""
@@ -140,7 +152,10 @@ class UtxoView:
             for txin in tx.inputs:
                 self.coins.pop(txin.prevout, None)
         for index, output in enumerate(tx.outputs):
-            self.coins[OutPoint(tx.txid, index)] = Coin(output.amount, output.address, height, tx.is_coinbase)
+            self.coins[OutPoint(tx.txid, index)] = Coin(output.amount, output.address, height, tx.is_coinbase,
+                                                        output.token)
+        if tx.issue is not None:
+            self.tickers.add(tx.issue.ticker)
 
     def add_block(self, block: Block, height: int) -> None:
         for tx in block.transactions:
@@ -151,7 +166,8 @@ class UtxoView:
         return {outpoint: coin for outpoint, coin in self.coins.items() if coin.address == address}
 
     def total(self) -> int:
-        return sum(coin.amount for coin in self.coins.values())
+        """EPS in the set (token units are not money)."""
+        return sum(coin.amount for coin in self.coins.values() if coin.token is None)
 
     def __len__(self) -> int:
         return len(self.coins)
@@ -261,7 +277,8 @@ class ChainBuilder:
             coins = [view.coin(txin.prevout) for txin in tx.inputs]
             if None in coins:
                 raise LookupError(f"transaction {tx.txid} spends an unknown coin: pass fees= explicitly")
-            fees += sum(coin.amount for coin in coins) - sum(output.amount for output in tx.outputs)
+            fees += sum(coin.amount for coin in coins if coin.token is None) - \
+                sum(output.amount for output in tx.outputs if output.token is None)  # fees are EPS only
             view.add_transaction(tx, self.height + 1)
         return fees
 

@@ -71,10 +71,10 @@ def utxo_of(store: ChainStore) -> dict[OutPoint, Coin]:
     """The UTXO table as the file holds it, read through a connection of our own."""
     connection = sqlite3.connect(db_path(store))
     try:
-        rows = connection.execute("SELECT txid, idx, amount, address, height, coinbase FROM utxo").fetchall()
+        rows = connection.execute("SELECT txid, idx, amount, address, height, coinbase, token FROM utxo").fetchall()
     finally:
         connection.close()
-    return {OutPoint(r[0], r[1]): Coin(r[2], r[3], r[4], bool(r[5])) for r in rows}
+    return {OutPoint(r[0], r[1]): Coin(r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows}
 
 
 def give(store: ChainStore, blocks: Iterable[Block], activate: bool = True) -> ChainChange | None:
@@ -736,7 +736,7 @@ def test_utxo_matches_replay_notices_a_damaged_utxo_table(open_store):
          ("UPDATE utxo SET amount = amount - 1 WHERE txid = ? AND idx = ?", coin_op)),
         (("UPDATE utxo SET height = height + 1 WHERE txid = ? AND idx = ?", coin_op),
          ("UPDATE utxo SET height = height - 1 WHERE txid = ? AND idx = ?", coin_op)),
-        (("INSERT INTO utxo VALUES ('99', 0, 5, 'x', 1, 0)", None), ("DELETE FROM utxo WHERE txid = '99'", None)),
+        (("INSERT INTO utxo VALUES ('99', 0, 5, 'x', 1, 0, NULL)", None), ("DELETE FROM utxo WHERE txid = '99'", None)),
     ]:
         connection = sqlite3.connect(db_path(store))
         sql, op = damage

@@ -7,7 +7,8 @@ from protocol.fields import MessageError
 from protocol.messages.addr import Addr, AddressEntry, GetAddr
 from protocol.messages.base import MESSAGE_TYPES, Message, decode_message, register
 from protocol.messages.blocks import BlockMessage, GetHeaders, Headers, TxMessage
-from protocol.messages.chaininfo import BlockchainInfo, BlockInfo, GetBlock, GetBlockchainInfo, GetTx, TxInfo
+from protocol.messages.chaininfo import (BlockchainInfo, BlockInfo, GetBlock, GetBlockchainInfo, GetToken, GetTx,
+                                         TokenInfo, TxInfo)
 from protocol.messages.chat import MAX_CHAT_TEXT, Ack, Chat, new_chat_id
 from protocol.messages.control import Error, Goodbye
 from protocol.messages.handshake import PROTOCOL_VERSION, Verack, Version
@@ -19,7 +20,7 @@ from protocol.messages.peerinfo import GetNetworkInfo, GetPeerInfo, NetworkInfo,
 
 __all__ = [
     "BlockMessage", "GetHeaders", "Headers", "TxMessage", "BlockchainInfo", "BlockInfo", "GetBlock",
-    "GetBlockchainInfo", "GetTx", "TxInfo", "GetData", "InvItem", "Inv", "MempoolRequest", "NotFound",
+    "GetBlockchainInfo", "GetToken", "GetTx", "TokenInfo", "TxInfo", "GetData", "InvItem", "Inv", "MempoolRequest", "NotFound",
     "GetMiningInfo", "MiningInfo", "GetProof", "GetUtxos", "Proof", "UtxoRow", "Utxos",
     "MESSAGE_TYPES", "MAX_CHAT_TEXT", "PROTOCOL_VERSION", "Ack", "Addr", "AddressEntry", "Chat", "Error",
     "GetAddr", "GetNetworkInfo", "GetPeerInfo", "Goodbye", "Message", "MessageError", "NetworkInfo",

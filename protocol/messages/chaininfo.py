@@ -1,5 +1,5 @@
 """Questions a person asks about the chain, named after Bitcoin Core's RPCs:
-`getblockchaininfo`, `getblock {id | height}`, `gettx {txid}`."""
+`getblockchaininfo`, `getblock {id | height}`, `gettx {txid}`, and `gettoken {ticker}`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 from protocol import fields
 from protocol.block import BlockHeader
+from protocol.coin_address import MAX_ADDRESS_LENGTH
 from protocol.messages.base import Message, register
+from protocol.tokens import MAX_TOKEN_NAME, MAX_TOKEN_SUPPLY, TICKER
 from protocol.transaction import Transaction, TransactionFormatError
 
 MAX_TXIDS_SHOWN = 20_000  # a block of 1 MB holds at most a few thousand transactions
@@ -140,3 +142,44 @@ class TxInfo(Message):
     def to_body(self) -> dict[str, Any]:
         return {"txid": self.txid, "tx": self.tx.to_json(), "block": self.block, "height": self.height,
                 "confirmations": self.confirmations}
+
+
+@register
+@dataclass(frozen=True)
+class GetToken(Message):
+    """What the chain knows of a token: its issue, what was burned, and how many addresses hold it."""
+
+    command = "gettoken"
+
+    ticker: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "GetToken":
+        return cls(ticker=fields.text(body, "ticker", max_length=8, pattern=TICKER))
+
+
+@register
+@dataclass(frozen=True)
+class TokenInfo(Message):
+    command = "token"
+    is_answer = True
+
+    ticker: str
+    name: str
+    supply: int  # as issued
+    burned: int
+    issuer: str  # the address that paid for the issue (its first input's coin)
+    txid: str  # the issue transaction
+    height: int
+    holders: int  # addresses holding unspent outputs of the token now
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "TokenInfo":
+        return cls(ticker=fields.text(body, "ticker", max_length=8, pattern=TICKER),
+                   name=fields.text(body, "name", max_length=MAX_TOKEN_NAME),
+                   supply=fields.integer(body, "supply", maximum=MAX_TOKEN_SUPPLY),
+                   burned=fields.integer(body, "burned", maximum=MAX_TOKEN_SUPPLY),
+                   issuer=fields.text(body, "issuer", max_length=MAX_ADDRESS_LENGTH),
+                   txid=fields.text(body, "txid", max_length=64, pattern=fields.HASH_ID),
+                   height=fields.integer(body, "height", maximum=fields.MAX_INT63),
+                   holders=fields.integer(body, "holders", maximum=fields.MAX_INT63))

@@ -15,6 +15,7 @@ from protocol import fields
 from protocol.block import BlockHeader
 from protocol.coin_address import MAX_ADDRESS_LENGTH
 from protocol.messages.base import Message, register
+from protocol.tokens import TICKER
 from protocol.transaction import TransactionFormatError
 
 MAX_ADDRESSES_PER_QUERY = 100
@@ -58,6 +59,7 @@ class UtxoRow:
     height: int | None  # None while the creating transaction waits in the mempool
     confirmations: int
     coinbase: bool
+    token: str | None = None  # None: `amount` is EPS base units; else units of this token
 
     @classmethod
     def from_item(cls, item: Any) -> "UtxoRow":
@@ -70,7 +72,8 @@ class UtxoRow:
                    address=fields.text(item, "address", max_length=MAX_ADDRESS_LENGTH),
                    height=None if height is None else fields.integer(item, "height", maximum=fields.MAX_INT63),
                    confirmations=fields.integer(item, "confirmations", maximum=fields.MAX_INT63),
-                   coinbase=item["coinbase"])
+                   coinbase=item["coinbase"],
+                   token=fields.text(item, "token", max_length=8, pattern=TICKER, default=None))
 
 
 @register
