@@ -9,7 +9,14 @@ The rules it follows are Bitcoin's:
 - connecting or disconnecting one block is one SQLite transaction, so a node
   killed at any moment reopens with a UTXO set that equals a replay of its
   active chain; a reorg is a series of such steps, resumed on restart;
-- disconnecting a block puts back the coins it spent from its undo data.
+- disconnecting a block puts back the coins it spent from its undo data;
+- coins are cached in memory, as Bitcoin's CCoinsViewCache: while the
+  node syncs (its best header is ahead of its tip), the changes to the utxo
+  and txindex tables are written in batches of many blocks, so a coin created
+  and spent within one batch never touches the table. `meta.coins_tip` names
+  the block those tables are at; a node killed mid-batch replays the blocks above it
+  when it reopens (Bitcoin's ReplayBlocks), so the reopened UTXO set still
+  equals a replay of the active chain.
 
 Consensus checks come from protocol.consensus; this module decides nothing
 about validity itself. One lock (Bitcoin calls its own cs_main) serialises
@@ -18,6 +25,7 @@ every change.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -40,6 +48,10 @@ log = logging.getLogger("epscoin.chain")
 # Header status, as Bitcoin's BlockStatus in spirit.
 HEADER_ONLY, HAVE_DATA, CONNECTED, INVALID = 0, 1, 2, -1
 MAX_LOCATOR_DENSE = 10  # the locator lists the last 10 blocks one by one, then doubles its steps
+COIN_CACHE_SIZE = 200_000  # coins kept in memory, about 50 MB; Bitcoin's -dbcache is 450 MB
+FLUSH_EVERY_BLOCKS = 2_000  # while syncing, the utxo table is written at least this often
+FLUSH_DIRTY_COINS = 200_000  # ... or when this many coin changes wait
+SQLITE_CACHE_KIB = 64 * 1024  # SQLite's page cache; its default of 2 MB misses on every UTXO lookup
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS headers (
@@ -69,6 +81,7 @@ CREATE TABLE IF NOT EXISTS tokens (  -- every token issued on the active chain
     txid TEXT NOT NULL, height INTEGER NOT NULL, burned INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS undo (id TEXT PRIMARY KEY, data BLOB NOT NULL);     -- coins the block spent
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);  -- coins_tip: the utxo table's block
 CREATE TABLE IF NOT EXISTS txindex (
     txid TEXT PRIMARY KEY, block TEXT NOT NULL, position INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -123,6 +136,9 @@ class ChainStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: a process crash loses nothing committed
+        self._db.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        self._coins = CoinCache(COIN_CACHE_SIZE)
+        self._pending = PendingCoins()  # coin changes of connected blocks not yet in the utxo table
         self._db.executescript(SCHEMA)
         self._add_token_column()
         self._db.execute("CREATE INDEX IF NOT EXISTS utxo_by_token ON utxo (token) WHERE token IS NOT NULL")
@@ -131,6 +147,7 @@ class ChainStore:
         self._verifier = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="verify")
         if self._header_row(network.genesis_id) is None:
             self._store_genesis()
+        self._replay_coins()
 
     def _add_token_column(self) -> None:
         """A store made before the token layer has no utxo.token: every coin in it is EPS (NULL)."""
@@ -138,9 +155,15 @@ class ChainStore:
         if "token" not in columns:
             self._db.execute("ALTER TABLE utxo ADD COLUMN token TEXT")
 
+    def flush(self) -> None:
+        """Write the changes waiting in memory to the utxo and txindex tables."""
+        with self.lock:
+            self._flush_coins()
+
     def close(self) -> None:
         self._verifier.shutdown()
         with self.lock:
+            self._flush_coins()
             self._db.close()
 
     # -- reading -----------------------------------------------------------------------------
@@ -199,9 +222,18 @@ class ChainStore:
     def coin(self, outpoint: OutPoint) -> Coin | None:
         """The unspent output at outpoint on the active chain (the CoinView the rules read)."""
         with self.lock:
+            if outpoint in self._pending.spent:
+                return None
+            coin = self._pending.created.get(outpoint) or self._coins.get(outpoint)
+            if coin is not None:
+                return coin
             row = self._db.execute("SELECT amount, address, height, coinbase, token FROM utxo "
                                    "WHERE txid = ? AND idx = ?", (outpoint.txid, outpoint.index)).fetchone()
-        return Coin(row[0], row[1], row[2], bool(row[3]), row[4]) if row else None
+            if row is None:
+                return None
+            coin = Coin(row[0], row[1], row[2], bool(row[3]), row[4])
+            self._coins.put(outpoint, coin)
+            return coin
 
     def token_issued(self, ticker: str) -> bool:
         with self.lock:
@@ -214,6 +246,7 @@ class ChainStore:
                                    "WHERE ticker = ?", (ticker,)).fetchone()
             if row is None:
                 return None
+            self._flush_coins()
             (holders,) = self._db.execute("SELECT COUNT(DISTINCT address) FROM utxo WHERE token = ?",
                                           (ticker,)).fetchone()
         return TokenRecord(*row, holders=holders)
@@ -224,6 +257,7 @@ class ChainStore:
         marks = ",".join("?" * len(addresses))
         start = after or ("", -1)
         with self.lock:
+            self._flush_coins()
             rows = self._db.execute(
                 f"SELECT txid, idx, amount, address, height, coinbase, token FROM utxo WHERE address IN ({marks}) "
                 "AND (txid, idx) > (?, ?) ORDER BY txid, idx LIMIT ?", (*addresses, *start, limit)).fetchall()
@@ -232,7 +266,8 @@ class ChainStore:
     def transaction(self, txid: str) -> tuple[Transaction, str, int] | None:
         """A confirmed transaction, its block and the block's height (from the tx index)."""
         with self.lock:
-            row = self._db.execute("SELECT block, position FROM txindex WHERE txid = ?", (txid,)).fetchone()
+            row = self._pending.txindex.get(txid) or self._db.execute(
+                "SELECT block, position FROM txindex WHERE txid = ?", (txid,)).fetchone()
             if row is None:
                 return None
             block = self.block(row[0])
@@ -384,6 +419,8 @@ class ChainStore:
                     connected.append(block)
                 if not failed:
                     break
+            if self._pending.due() or self.best_header().chainwork <= self.tip().chainwork:
+                self._flush_coins()  # at the best header (not syncing) the table follows every change
         disconnected.reverse()  # undone from the tip down; listed oldest first, as connected is
         return ChainChange(disconnected, connected, invalid)
 
@@ -450,25 +487,29 @@ class ChainStore:
         undo = [_coin_row(op, c) for op, c in spent]
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
-                                 [(op.txid, op.index) for op, _ in spent])
-            self._db.executemany(_INSERT_COIN, [_coin_row(op, c) for op, c in created.items()])
             self._db.executemany("INSERT INTO tokens (ticker, name, supply, issuer, txid, height) "
                                  "VALUES (?, ?, ?, ?, ?, ?)", issues)
             self._db.executemany("UPDATE tokens SET burned = burned + ? WHERE ticker = ?", burns)
-            self._db.executemany("INSERT OR REPLACE INTO txindex (txid, block, position) VALUES (?, ?, ?)",
-                                 [(tx.txid, block.block_id, i) for i, tx in enumerate(block.transactions)])
             self._db.execute("INSERT OR REPLACE INTO undo (id, data) VALUES (?, ?)", (block.block_id, json.dumps(undo)))
             self._db.execute("INSERT INTO active (height, id) VALUES (?, ?)", (height, block.block_id))
             self._db.execute("UPDATE headers SET status = ? WHERE id = ?", (CONNECTED, block.block_id))
+        # Committed: now the coins may follow (a failed commit raises above and changes nothing).
+        for outpoint, _ in spent:
+            self._pending.spend(outpoint)
+            self._coins.discard(outpoint)
+        self._pending.created.update(created)
+        self._pending.txindex.update((tx.txid, (block.block_id, i)) for i, tx in enumerate(block.transactions))
+        self._pending.blocks += 1
 
     def _disconnect_tip(self) -> Block:
         """Undo the tip block, atomically: its outputs leave the UTXO set, the coins it spent return."""
+        self._flush_coins()  # a reorg is rare: the table catches up first, then changes block by block
         tip = self.tip()
         block = self.block(tip.block_id)
         (undo_json,) = self._db.execute("SELECT data FROM undo WHERE id = ?", (tip.block_id,)).fetchone()
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            self._set_coins_tip(tip.header.prev)
             for tx in block.transactions:
                 self._db.execute("DELETE FROM utxo WHERE txid = ?", (tx.txid,))
                 self._db.execute("DELETE FROM txindex WHERE txid = ? AND block = ?", (tx.txid, block.block_id))
@@ -478,7 +519,63 @@ class ChainStore:
             # Undo rows written before the token layer have six fields: their coins are EPS.
             self._db.executemany(_INSERT_COIN, [(*coin, None)[:7] for coin in json.loads(undo_json)])
             self._db.execute("DELETE FROM active WHERE height = ?", (tip.height,))
+        for tx in block.transactions:
+            for index in range(len(tx.outputs)):
+                self._coins.discard(OutPoint(tx.txid, index))
         return block
+
+    # -- the utxo table behind the coins in memory -----------------------------------------------------
+
+    def _coins_tip(self) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'coins_tip'").fetchone()
+        return row[0] if row else None
+
+    def _set_coins_tip(self, block_id: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('coins_tip', ?)", (block_id,))
+
+    def _flush_coins(self) -> None:
+        """Write the waiting coin changes to the utxo table, with the block they bring it to, atomically."""
+        pending = self._pending
+        if not pending.blocks:
+            return
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?", pending.spent)
+            self._db.executemany(_INSERT_COIN, [_coin_row(op, c) for op, c in pending.created.items()])
+            self._db.executemany(_INSERT_TXINDEX, [(txid, *where) for txid, where in pending.txindex.items()])
+            self._set_coins_tip(self.tip().block_id)
+        for outpoint, coin in pending.created.items():
+            self._coins.put(outpoint, coin)
+        self._pending = PendingCoins()
+
+    def _replay_coins(self) -> None:
+        """After a crash mid-batch: bring the utxo table from coins_tip up to the active tip."""
+        tip = self.tip()
+        coins_tip = self._coins_tip()
+        if coins_tip is None or coins_tip == tip.block_id:  # (a store without it was written block by block)
+            with self._db:
+                self._set_coins_tip(tip.block_id)
+            return
+        row = self._db.execute("SELECT height FROM active WHERE id = ?", (coins_tip,)).fetchone()
+        start = row[0] + 1 if row else 1  # not on the active chain (never expected): rebuild from genesis
+        log.info("[CHAIN] replaying the coins of blocks %d to %d", start, tip.height)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if row is None:
+                self._db.execute("DELETE FROM utxo")
+            for height in range(start, tip.height + 1):
+                block_id = self.active_id(height)
+                transactions = self.block(block_id).transactions
+                self._db.executemany(_INSERT_TXINDEX, [(tx.txid, block_id, i) for i, tx in enumerate(transactions)])
+                for tx in transactions:
+                    if not tx.is_coinbase:
+                        self._db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
+                                             [txin.prevout for txin in tx.inputs])
+                    self._db.executemany(
+                        _INSERT_COIN.replace("INSERT", "INSERT OR REPLACE", 1),
+                        [_coin_row(OutPoint(tx.txid, i), Coin(o.amount, o.address, height, tx.is_coinbase, o.token))
+                         for i, o in enumerate(tx.outputs)])
+            self._set_coins_tip(tip.block_id)
 
     def _mark_invalid(self, block_id: str) -> None:
         """The block and every descendant of it can never be part of the active chain."""
@@ -496,6 +593,7 @@ class ChainStore:
     def utxo_matches_replay(self) -> bool:
         """Whether the UTXO table equals a replay of the active chain from genesis (crash tests)."""
         with self.lock:
+            self._flush_coins()
             replay: dict[tuple[str, int], tuple] = {}
             for height, block in enumerate(self.active_blocks()):
                 if height == 0:
@@ -509,6 +607,51 @@ class ChainStore:
                                                     output.token)
             rows = self._db.execute("SELECT txid, idx, amount, address, height, coinbase, token FROM utxo").fetchall()
             return {(r[0], r[1]): tuple(r[2:]) for r in rows} == replay
+
+
+class PendingCoins:
+    """Changes of connected blocks that the utxo and txindex tables do not show yet."""
+
+    def __init__(self) -> None:
+        self.created: dict[OutPoint, Coin] = {}
+        self.spent: set[OutPoint] = set()  # coins in the table, spent since
+        self.txindex: dict[str, tuple[str, int]] = {}  # txid -> (block id, position)
+        self.blocks = 0
+
+    def spend(self, outpoint: OutPoint) -> None:
+        if self.created.pop(outpoint, None) is None:  # created since the last flush: gone without a trace
+            self.spent.add(outpoint)
+
+    def due(self) -> bool:
+        return self.blocks >= FLUSH_EVERY_BLOCKS or len(self.created) + len(self.spent) >= FLUSH_DIRTY_COINS
+
+
+class CoinCache:
+    """Coins as the utxo table holds them, for the most recently created or read ones.
+
+    Only the store changes it, and only after the change is committed. When
+    full, the older half goes (dicts keep insertion order): a block mostly
+    spends recent outputs.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._coins: dict[OutPoint, Coin] = {}
+
+    def __len__(self) -> int:
+        return len(self._coins)
+
+    def get(self, outpoint: OutPoint) -> Coin | None:
+        return self._coins.get(outpoint)
+
+    def put(self, outpoint: OutPoint, coin: Coin) -> None:
+        if len(self._coins) >= self.limit:
+            for old in list(itertools.islice(self._coins, self.limit // 2)):
+                del self._coins[old]
+        self._coins[outpoint] = coin
+
+    def discard(self, outpoint: OutPoint) -> None:
+        self._coins.pop(outpoint, None)
 
 
 class HeaderLookup:
@@ -560,6 +703,7 @@ class _BlockView:
         return self.fetched[outpoint]
 
 
+_INSERT_TXINDEX = "INSERT OR REPLACE INTO txindex (txid, block, position) VALUES (?, ?, ?)"
 _INSERT_COIN = "INSERT INTO utxo (txid, idx, amount, address, height, coinbase, token) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 

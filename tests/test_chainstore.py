@@ -68,7 +68,9 @@ def db_path(store: ChainStore) -> str:
 
 
 def utxo_of(store: ChainStore) -> dict[OutPoint, Coin]:
-    """The UTXO table as the file holds it, read through a connection of our own."""
+    """The UTXO table as the file holds it, read through a connection of our own (after the store
+    has written what waits in memory: while it syncs, it writes in batches)."""
+    store.flush()
     connection = sqlite3.connect(db_path(store))
     try:
         rows = connection.execute("SELECT txid, idx, amount, address, height, coinbase, token FROM utxo").fetchall()
@@ -350,6 +352,61 @@ def undo_rows(store: ChainStore, block_id: str) -> list:
     finally:
         connection.close()
     return json.loads(data)
+
+
+def table_rows(store: ChainStore, table: str) -> int:
+    """Rows in a table as the file holds it now, without letting the store write first."""
+    connection = sqlite3.connect(db_path(store))
+    try:
+        return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def busy_chain(blocks: int = 12) -> ChainBuilder:
+    chain = ChainBuilder(REGTEST)
+    extend_busy(chain, blocks, random.Random(7))
+    return chain
+
+
+def test_while_syncing_the_coins_wait_in_memory_and_at_the_best_header_they_are_written(open_store):
+    chain = busy_chain()
+    store = open_store()
+    for block in chain.blocks[1:]:
+        store.add_header(block.header, now=LATER)  # headers first: the store knows it is behind
+    for block in chain.blocks[1:-1]:
+        store.store_block(block)
+        store.activate_best_chain()
+    assert store.height == chain.height - 1
+    assert table_rows(store, "utxo") == 0 and table_rows(store, "txindex") == 0  # nothing written yet
+    last_tx = chain.blocks[-2].transactions[-1]
+    assert store.coin(OutPoint(last_tx.txid, 0)) is not None  # the rules see the waiting coins
+    assert store.transaction(last_tx.txid)[1] == chain.blocks[-2].block_id
+    store.store_block(chain.blocks[-1])
+    store.activate_best_chain()  # the tip reaches the best header: everything is written
+    assert table_rows(store, "utxo") == len(chain.view) and store.utxo_matches_replay()
+    assert_on(store, chain)
+
+
+def test_a_node_killed_with_coins_in_memory_replays_them_when_it_reopens(open_store):
+    chain = busy_chain(20)
+    store = open_store("crashed")
+    give(store, chain.blocks[1:13])  # written: the tip is at the best header it knows
+    written = table_rows(store, "utxo")
+    for block in chain.blocks[13:]:
+        store.add_header(block.header, now=LATER)
+    for block in chain.blocks[13:-1]:  # syncing: these blocks' coins wait in memory
+        store.store_block(block)
+        store.activate_best_chain()
+    assert store.height == chain.height - 1 and table_rows(store, "utxo") == written
+    # The disk as a kill -9 now would leave it: the files, without what waits in memory.
+    path = Path(db_path(store))
+    for suffix in ("", "-wal"):
+        shutil.copyfile(f"{path}{suffix}", path.with_name(f"after-crash.sqlite{suffix}"))
+    reopened = open_store("after-crash")
+    assert reopened.height == chain.height - 1
+    assert reopened.utxo_matches_replay()  # the blocks above the written ones were replayed
+    assert table_rows(reopened, "txindex") == sum(len(block.transactions) for block in chain.blocks[1:-1])
 
 
 def test_a_coin_created_and_spent_in_one_block_leaves_no_trace_and_disconnecting_restores_the_utxo_set(open_store):
