@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
+import os
 import multiprocessing.connection
 import struct
 import threading
@@ -56,6 +57,10 @@ class Job:
 
 def search(connection: multiprocessing.connection.Connection) -> None:
     """A worker process: take jobs, report (job id, nonce or None, hashes done)."""
+    try:
+        os.nice(10)  # below the node's own threads: a peer's ping is answered first, as Bitcoin's
+    except OSError:  # miner threads ran at THREAD_PRIORITY_LOWEST
+        pass
     job: Job | None = None
     while True:
         if job is None:
