@@ -371,7 +371,8 @@ class BlockchainRole(Role):
                     peer.send(Error(f"tx waits: {error.reason} (kept until its parent arrives)", about="tx"))
                 return
             self._rejected.add(tx.txid)
-            if error.code in ("bad-txns-inputs-missingorspent", "bad-txns-premature-spend-of-coinbase"):
+            if error.code in ("bad-txns-inputs-missingorspent", "bad-txns-premature-spend-of-coinbase",
+                              "bad-txns-token-exists"):  # races honest senders lose: not misbehaviour
                 # A double spend or an early spend can be a race between honest nodes: no penalty,
                 # and between nodes no error either; a person is told why.
                 if not is_node:
