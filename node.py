@@ -167,8 +167,10 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
     block_on_close = False  # stop() joins the peer threads itself, with a deadline
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, stop_requested: threading.Event | None = None) -> None:
         self.config = config
+        self.stop_requested = stop_requested or threading.Event()  # main() stops the node when it is set
+        self.failure: str | None = None  # why the node stopped itself (fail()), if it did
         self.nonce = secrets.randbits(64) | 1  # never 0, the nonce of a bare `version`
         self.flusher = SendFlusher()
         self.network: Network = NETWORKS[config.network]
@@ -248,10 +250,10 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def start(self) -> None:
         """Start accepting, housekeeping and dialling, each on its own thread."""
         log.info("[STARTING] Node starting... (roles: %s)", ", ".join(r.name for r in self.roles))
-        self._started = True
+        self.flusher.start()
         for role in self.roles:
             role.start()
-        self.flusher.start()
+        self._started = True  # only now: stop() must not wait for a serve_forever that never ran
         self._spawn(self.serve_forever, "accept", 0.1)
         self._spawn(self._housekeeping, "housekeeping")
         for host, port in self.config.connect:
@@ -285,10 +287,26 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         for role in reversed(self.roles):  # a role stops before the roles it builds on (mining, then blockchain)
             try:
                 role.stop()
+            except sqlite3.OperationalError as error:  # e.g. the disk is full: what was committed stays
+                log.warning("[STOPPING] %s could not write its last changes: %s", role.name, error)
             except Exception:
                 log.exception("[BUG] %s.stop", role.name)
         self.data_dir.close()
         log.info("[STOPPED] Node stopped.")
+
+    def fail(self, reason: str) -> None:
+        """A fault the node cannot work around (its disk is full, or read-only): say so once, and stop.
+
+        As Bitcoin Core's AbortNode: carrying on would refuse every block and address with an
+        "internal error" while looking alive. main() then stops the node and exits 1.
+        """
+        if self.failure is None:
+            self.failure = reason
+            log.error("[FATAL] %s; stopping the node", reason)
+        self.stop_requested.set()
+
+    def storage_failed(self, error: sqlite3.OperationalError) -> None:
+        self.fail(f"cannot write to {self.config.data_dir}: {error}")
 
     def _spawn(self, target, name: str, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -506,6 +524,9 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         for handler in handlers:
             try:
                 handler(peer, message)
+            except sqlite3.OperationalError as error:  # the disk is full, read-only or failing
+                self.storage_failed(error)
+                return
             except Exception:  # a bug in a role must not take the peer's thread down silently
                 log.exception("[BUG] handling %s from %s", command, peer.address)
                 peer.send(Error("internal error", about=command))
@@ -514,6 +535,8 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         for role in self.roles:
             try:
                 getattr(role, hook)(peer)
+            except sqlite3.OperationalError as error:
+                self.storage_failed(error)
             except Exception:
                 log.exception("[BUG] %s.%s(%s)", role.name, hook, peer.address)
 
@@ -529,6 +552,8 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
             for role in self.roles:
                 try:
                     role.tick(now)
+                except sqlite3.OperationalError as error:
+                    self.storage_failed(error)
                 except Exception:
                     log.exception("[BUG] %s.tick", role.name)
 
@@ -695,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if scope_of(first) is not Scope.LOOPBACK or ipaddress.ip_address(first).version != 4:
             print("error: the demo runs on IPv4 loopback addresses (127.x.y.z)", file=sys.stderr)
             return 2
-        return run_demo(args.demo, args.data_dir / "demo", colour, first)
+        return run_demo(args.demo, args.data_dir / "demo", colour, first, mine_to=args.mine_to)
     args.host = args.host or "127.0.0.1"
     configure_logging(args.log_level, colour=colour)
     # Before the socket listens: from then on a signal means a clean stop, never a kill.
@@ -703,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop_requested.set())
     try:
-        node = Node(config_from_args(args))
+        node = Node(config_from_args(args), stop_requested)
     except DataDirError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -720,9 +745,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot start: {error.strerror or error}", file=sys.stderr)
         node.stop()
         return 1
+    except sqlite3.OperationalError as error:  # e.g. the disk is full: blocks waiting on disk cannot be connected
+        print(f"error: cannot start: {error} (in {args.data_dir})", file=sys.stderr)
+        node.stop()
+        return 1
     stop_requested.wait()
     node.stop()
-    return 0
+    return 1 if node.failure else 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import multiprocessing.connection
+import sqlite3
 import struct
 import threading
 import time
@@ -125,7 +126,8 @@ class MiningRole(Role):
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()
-        self._thread.join(timeout=2)
+        if self._thread.is_alive():  # not when the node failed to start before this role did
+            self._thread.join(timeout=2)
         for process, connection in self._workers:
             try:
                 connection.send(None)
@@ -191,7 +193,11 @@ class MiningRole(Role):
             found = self._collect(job_id, deadline=time.monotonic() + TEMPLATE_REFRESH)
             if found is not None:
                 block = Block(replace(template.header, nonce=found), template.transactions)
-                self._submit(block, height)
+                try:
+                    self._submit(block, height)
+                except sqlite3.OperationalError as error:  # the disk is full or failing: the node stops
+                    self.node.fail(f"cannot store mined block {height}: {error}")
+                    return
 
     def _dispatch(self, job_id: int, template: Block) -> None:
         prefix = template.header.serialize()[:HEADER_PREFIX_SIZE]
