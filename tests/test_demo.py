@@ -34,6 +34,20 @@ def test_demo_network_connects_relays_chat_and_stops_cleanly_on_ctrl_c(tmp_path:
         wait_until(all_connected, timeout=30, message="every demo node to have both others as peers")
         assert f"join with: python peer_client.py {subnet}.3" in output.read_text()
 
+        # The second node mines on the demo network, to the demo's own wallet, and every node follows.
+        heights = re.compile(rf"{re.escape(subnet)}\.\d .* height (\d+)  mempool \d+( +mining)?")
+        def blocks_everywhere() -> bool:
+            rows = heights.findall(output.read_text().split("[DEMO]")[-1])
+            return len(rows) == 3 and all(int(height) >= 3 for height, _ in rows)
+        wait_until(blocks_everywhere, timeout=60, message="every demo node to reach height 3")
+        assert [mining for _, mining in heights.findall(output.read_text().split("[DEMO]")[-1])] == [
+            "", "  mining", ""]
+        wallet = tmp_path / "demo" / "miner.wallet"
+        assert wallet.stat().st_mode & 0o777 == 0o600
+        paid = re.search(r"\[DEMO\] miners pay (\w+)", output.read_text()).group(1)
+        commands = [Path(f"/proc/{pid}/cmdline").read_text().split("\0") for pid in miner_pids(demo.pid)]
+        assert len(commands) == 1 and paid == commands[0][commands[0].index("--mine-to") + 1]
+
         # A person joins the second node, as the README says, and their line reaches every node.
         joined = subprocess.run([sys.executable, str(ROOT / "peer_client.py"), f"{subnet}.3",
                                  "--send", "hello demo network"], capture_output=True, text=True, timeout=20, cwd=ROOT)
@@ -49,6 +63,22 @@ def test_demo_network_connects_relays_chat_and_stops_cleanly_on_ctrl_c(tmp_path:
     assert "[DEMO] stopped." in output.read_text()
     for k in (1, 2, 3):
         assert "[STOPPED] Node stopped." in (tmp_path / "demo" / f"node-{k}.log").read_text()
+
+
+def miner_pids(parent: int) -> list[int]:
+    """The demo's node processes that were started with the mining role."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children if "mining" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def test_demo_refuses_a_mine_to_address_of_another_network(tmp_path: Path):
+    regtest_address = "RXKoT2UeVLTY489eJJfvuZAZVYr4pYknYx"  # docs/protocol.md §11.5: Alice on regtest
+    result = subprocess.run([sys.executable, str(ROOT / "node.py"), "--demo", "3", "--host", f"{random_subnet()}.2",
+                             "--mine-to", regtest_address, "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=20, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: --mine-to {regtest_address}: address belongs to another network "
+                                     "(the demo runs the demo network)")
 
 
 def test_demo_refuses_addresses_outside_loopback(tmp_path: Path):
