@@ -24,6 +24,12 @@ from protocol.fields import MessageError
 
 MESSAGE_TYPES: dict[str, type["Message"]] = {}
 _COMMAND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# Counted before a body is parsed: JSON can cost far more than its size. 4 MB of "[]," parse into
+# 1.3 million lists (about 90 MB), in one call that holds the interpreter lock while every other
+# peer waits. The largest honest bodies stay well below: an inv of 50,000 items has 50,002
+# objects and arrays and 100,001 commas, a full block about 16,000 and 50,000.
+MAX_BODY_CONTAINERS = 60_000  # "{" and "[" characters
+MAX_BODY_COMMAS = 250_000
 
 M = TypeVar("M", bound="Message")
 
@@ -103,6 +109,9 @@ def decode_message(text: str) -> Message | None:
         raise MessageError(f"body of '{command}' must be a JSON object (to chat, do not start with "
                            f"'{command}')", penalty=0)
     if rest:
+        if rest.count("{") + rest.count("[") > MAX_BODY_CONTAINERS or rest.count(",") > MAX_BODY_COMMAS:
+            raise MessageError(f"body of '{command}' holds more than {MAX_BODY_CONTAINERS} objects and arrays "
+                               f"or {MAX_BODY_COMMAS} commas")
         try:
             body = _DECODER.decode(rest)
         except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
