@@ -342,3 +342,30 @@ def test_a_node_answers_gettoken_and_lists_token_coins_in_utxos(start_node, chai
         assert isinstance(unknown, Error) and "no token NOPE" in unknown.reason
         client.send('gettoken {"ticker":"xshop"}')
         assert "invalid format" in client.recv_until("error").reason
+
+
+def test_a_node_refuses_token_inflation_and_a_double_spend_with_a_reason(start_node, chain):
+    """What a wallet never builds but anyone can send, each refused with an `error` that says why."""
+    from protocol.messages import Error, TxMessage
+    from tests.test_wallet_services import fed_node
+    issue = chain.add_block([issue_xshop(chain)]).transactions[1]
+    node, client = fed_node(start_node, chain)
+    with node.connect() as cheat:
+        cheat.handshake()
+        inflated = vouchers_to_customer(chain, issue, outputs=[(CUSTOMER, 10, "XSHOP"), (SHOP, 991, "XSHOP"),
+                                                               (SHOP, issue.outputs[1].amount - FEE)])
+        cheat.send_message(TxMessage(inflated))
+        refusal = cheat.recv_until("error")
+        assert isinstance(refusal, Error) and "bad-txns-token-unbalanced" in refusal.reason
+        assert "XSHOP: the inputs hold 1000, the outputs 1001" in refusal.reason
+        cheat.expect_closed()  # invalid by consensus: 100 points (127.0.0.1 is never banned, only dropped)
+
+    with client:
+        payment = vouchers_to_customer(chain, issue)
+        client.send_message(TxMessage(payment))
+        assert client.recv_until("txinfo").txid == payment.txid
+        double = vouchers_to_customer(chain, issue, units=20)  # the same coins, to someone else
+        client.send_message(TxMessage(double))
+        refusal = client.recv_until("error")
+        assert isinstance(refusal, Error) and "txn-mempool-conflict" in refusal.reason
+        client.sync_ping()  # a race an honest sender can lose: no penalty, the connection stays
