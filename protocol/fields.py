@@ -66,13 +66,20 @@ def check_printable(value: str, what: str, penalty: int = MALFORMED_PENALTY) -> 
     log lines) and lone surrogates (JSON can escape them, UTF-8 cannot encode them)."""
     if _CONTROL.search(value):
         raise MessageError(f"{what} contains control characters", penalty=penalty)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise MessageError(f"{what} is not valid Unicode text", penalty=penalty) from None
+    if not utf8_encodable(value):
+        raise MessageError(f"{what} is not valid Unicode text", penalty=penalty)
 
 
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 and C1 controls; tab is allowed
+
+
+def utf8_encodable(text: str) -> bool:
+    """False for a lone surrogate: JSON can escape one ("\\ud800"), UTF-8 (and so a hash of it) cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def number(body: dict[str, Any], name: str, *, maximum: float = 1e300) -> float:

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.fields import utf8_encodable
+
 NATIVE_TICKER = "EPS"  # the native coin: an output without "token" is EPS
 TICKER = re.compile(r"[A-Z][A-Z0-9]{2,7}")
 MAX_TOKEN_SUPPLY = 2**53 - 1  # whole units; the largest integer every JSON parser reads exactly
@@ -64,7 +66,7 @@ class TokenIssue:
             raise TokenFormatError("'issue' must be an object {ticker, name, supply}")
         name = item.get("name")
         if not isinstance(name, str) or not 0 < len(name) <= MAX_TOKEN_NAME or _CONTROL.search(name) \
-                or not name.strip() or not _encodable(name):
+                or not name.strip() or not utf8_encodable(name):
             raise TokenFormatError(f"a token name is 1 to {MAX_TOKEN_NAME} printable characters")
         return cls(ticker=check_ticker(item.get("ticker")), name=name,
                    supply=_units(item.get("supply"), "a token supply"))
@@ -95,10 +97,3 @@ def burns_from_json(value: Any) -> tuple[TokenBurn, ...]:
         raise TokenFormatError("'burn' names each token at most once")
     return burns
 
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import coincurve
 
+from protocol.fields import utf8_encodable
 from protocol.hashing import sha256d
 from protocol.tokens import TokenBurn, TokenFormatError, TokenIssue, burns_from_json, check_ticker
 
@@ -45,15 +46,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PUBKEY = re.compile(r"0[23][0-9a-f]{64}")  # compressed secp256k1 point
 _SIGNATURE = re.compile(r"[0-9a-f]{16,144}")  # DER, 8 to 72 bytes (an even count of digits, checked apart:
 # the pattern (?:[0-9a-f]{2}){8,72} says it in one go, but runs seven times slower)
-
-
-def _encodable(text: str) -> bool:
-    """False for a lone surrogate: JSON can escape one ("\\ud800"), UTF-8 (and so the txid) cannot."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class TransactionFormatError(ValueError):
@@ -105,7 +97,7 @@ class TxIn:
             height, data = item.get("coinbase"), item.get("data", "")
             if type(height) is not int or not 0 <= height < 2**31:
                 raise TransactionFormatError("coinbase height must be an integer from 0")
-            if not isinstance(data, str) or len(data) > MAX_COINBASE_DATA or not _encodable(data):
+            if not isinstance(data, str) or len(data) > MAX_COINBASE_DATA or not utf8_encodable(data):
                 raise TransactionFormatError(f"coinbase data must be text of at most {MAX_COINBASE_DATA} characters")
             return cls(prevout=None, coinbase_height=height, coinbase_data=data)
         txid, index = item.get("txid"), item.get("index")
@@ -140,7 +132,7 @@ class TxOut:
         amount, address = item.get("amount"), item.get("address")
         if type(amount) is not int:
             raise TransactionFormatError("output amount must be an integer number of base units")
-        if not isinstance(address, str) or not 0 < len(address) <= 40 or not _encodable(address):
+        if not isinstance(address, str) or not 0 < len(address) <= 40 or not utf8_encodable(address):
             raise TransactionFormatError("output address must be text of 1 to 40 characters")
         token = None
         if "token" in item:  # present means a ticker: a null would give two spellings of one txid
