@@ -35,9 +35,12 @@ from roles.peer import Peer
 log = logging.getLogger("epscoin.mining")
 
 NONCES_PER_CHECK = 4096  # nonces between looks at the job pipe: ~3 ms at 1.5 MH/s
-TEMPLATE_REFRESH = 5.0  # seconds: rebuild the template so new transactions get in
+TEMPLATE_REFRESH = 5.0  # seconds: rebuild the template at least this often
+MEMPOOL_REFRESH = 1.0  # seconds a template is kept at least, when new transactions wait to join it
 BLOCK_OVERHEAD = 1000  # bytes kept free for the header and coinbase in the size budget
 HASHRATE_WINDOW = 10.0  # seconds averaged for the reported hash rate
+PROGRESS_INTERVAL = 0.5  # seconds between a worker's hash counts, so the window always holds recent ones
+PROGRESS = -1  # in a report's nonce place: hashes so far, the job goes on
 MAX_CLOCK_LEAD = 60  # seconds a template's time may run ahead of the clock before mining pauses
 
 
@@ -57,39 +60,45 @@ class Job:
 
 
 def search(connection: multiprocessing.connection.Connection) -> None:
-    """A worker process: take jobs, report (job id, nonce or None, hashes done)."""
+    """A worker process: take jobs, report (job id, nonce, None or PROGRESS, hashes done since the last report)."""
     try:
         os.nice(10)  # below the node's own threads: a peer's ping is answered first, as Bitcoin's
     except OSError:  # miner threads ran at THREAD_PRIORITY_LOWEST
         pass
+    sha256, pack_nonce = hashlib.sha256, struct.Struct("<I").pack  # looked up once, not once per nonce
     job: Job | None = None
     while True:
         if job is None:
             job = connection.recv()
             if job is None:
                 return  # asked to stop
-        midstate = hashlib.sha256(job.prefix)
-        target, nonce, done = job.target, job.first_nonce, 0
+        copy_midstate = sha256(job.prefix).copy
+        # Byte strings of equal length compare as big-endian numbers: no 256-bit int per hash.
+        target, nonce, done = job.target.to_bytes(32, "big"), job.first_nonce, 0
         found = None
+        reported = time.monotonic()
         while nonce <= job.last_nonce:
             end = min(nonce + NONCES_PER_CHECK, job.last_nonce + 1)
             for candidate in range(nonce, end):
-                inner = midstate.copy()
-                inner.update(struct.pack("<I", candidate))
-                if int.from_bytes(hashlib.sha256(inner.digest()).digest(), "big") <= target:
+                inner = copy_midstate()
+                inner.update(pack_nonce(candidate))
+                if sha256(inner.digest()).digest() <= target:
                     found = candidate
                     break
             done += (found - nonce + 1) if found is not None else end - nonce
             nonce = end
             if found is not None or connection.poll():
                 break
+            if time.monotonic() - reported >= PROGRESS_INTERVAL:
+                connection.send((job.job_id, PROGRESS, done))  # the job goes on: this only counts hashes
+                done, reported = 0, time.monotonic()
         connection.send((job.job_id, found, done))
-        job = None if found is not None or nonce > job.last_nonce else _next_job(connection)
-
-
-def _next_job(connection: multiprocessing.connection.Connection) -> Job | None:
-    """A new job is waiting (poll said so): take it, dropping the stale one."""
-    return connection.recv()
+        if found is not None or nonce > job.last_nonce:
+            job = None
+        else:
+            job = connection.recv()  # what poll() saw: the next job, or None to stop
+            if job is None:
+                return
 
 
 class MiningRole(Role):
@@ -107,9 +116,11 @@ class MiningRole(Role):
         self.blocks_found = 0
         self.template_txs = 0
         self._stopped = threading.Event()
-        self._wake = threading.Event()  # a new tip or new transactions
+        self._wake = threading.Event()  # a new tip
+        self._mempool_changed = threading.Event()  # transactions the current template does not hold
         self._workers: list[tuple[multiprocessing.Process, multiprocessing.connection.Connection]] = []
         self._thread = threading.Thread(target=self._run, name="miner", daemon=True)
+        self._started = time.monotonic()  # set again by start(): the hash rate's window begins there
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -120,6 +131,7 @@ class MiningRole(Role):
             process = context.Process(target=search, args=(theirs,), name=f"miner-{index}", daemon=True)
             process.start()
             self._workers.append((process, ours))
+        self._started = time.monotonic()
         self._thread.start()
         log.info("[MINING] %d worker(s) mining to %s", len(self._workers), self.config.address)
 
@@ -141,7 +153,7 @@ class MiningRole(Role):
         self._wake.set()  # the current job builds on a stale tip: replace it now
 
     def on_mempool_changed(self) -> None:
-        pass  # new transactions join at the next template refresh (every few seconds)
+        self._mempool_changed.set()  # a template at least MEMPOOL_REFRESH old is rebuilt to take them
 
     # -- the template ------------------------------------------------------------------------
 
@@ -175,6 +187,7 @@ class MiningRole(Role):
         job_id, extra_nonce = 0, 0
         while not self._stopped.is_set():
             self._wake.clear()
+            self._mempool_changed.clear()
             extra_nonce += 1
             try:
                 template, height = self.build_template(extra_nonce)
@@ -190,7 +203,7 @@ class MiningRole(Role):
                 continue
             job_id += 1
             self._dispatch(job_id, template)
-            found = self._collect(job_id, deadline=time.monotonic() + TEMPLATE_REFRESH)
+            found = self._collect(job_id, started=time.monotonic())
             if found is not None:
                 block = Block(replace(template.header, nonce=found), template.transactions)
                 try:
@@ -207,17 +220,19 @@ class MiningRole(Role):
             last = 2**32 - 1 if index == len(self._workers) - 1 else (index + 1) * share - 1
             connection.send(Job(job_id, prefix, target, index * share, last))
 
-    def _collect(self, job_id: int, deadline: float) -> int | None:
-        """Wait for a nonce of this job, a wake-up, or the deadline; count hashes all along."""
+    def _collect(self, job_id: int, started: float) -> int | None:
+        """Wait for a nonce of this job, a new tip, new transactions or the refresh; count hashes all along."""
         connections = [connection for _, connection in self._workers]
         searching = len(connections)
         while searching and not self._stopped.is_set():
-            if self._wake.is_set() or time.monotonic() > deadline:
+            age = time.monotonic() - started
+            if self._wake.is_set() or age > TEMPLATE_REFRESH or (
+                    self._mempool_changed.is_set() and age > MEMPOOL_REFRESH):
                 return None  # the next job replaces this one in the workers
             for connection in multiprocessing.connection.wait(connections, timeout=0.05):
                 reported_job, nonce, hashes = connection.recv()
                 self._count(hashes)
-                if reported_job != job_id:
+                if reported_job != job_id or nonce == PROGRESS:
                     continue
                 if nonce is not None:
                     return nonce
@@ -231,13 +246,11 @@ class MiningRole(Role):
             self._hashes = [(t, h) for t, h in self._hashes if now - t <= HASHRATE_WINDOW]
 
     def hashrate(self) -> float:
+        """Hashes reported in the last HASHRATE_WINDOW seconds (or since mining began), per second."""
         now = time.monotonic()
         with self._lock:
-            recent = [(t, h) for t, h in self._hashes if now - t <= HASHRATE_WINDOW]
-        if not recent:
-            return 0.0
-        span = max(now - min(t for t, _ in recent), 1e-3)
-        return sum(h for _, h in recent) / span
+            recent = sum(h for t, h in self._hashes if now - t <= HASHRATE_WINDOW)
+        return recent / max(min(HASHRATE_WINDOW, now - self._started), 1e-3)
 
     def _submit(self, block: Block, height: int) -> None:
         error = self._blockchain().submit_block(block)
