@@ -83,6 +83,8 @@ from roles.mempool import Mempool  # noqa: E402
 from tests.chain_builder import ChainBuilder, Key, make_transaction  # noqa: E402
 from tests.support import LISTENING, WireClient  # noqa: E402
 
+from benchmarks import plots  # noqa: E402
+
 REGTEST = NETWORKS["regtest"]
 HOST = "127.0.0.1"
 NODE_ARGS = ("--network", "regtest", "--outbound", "0", "--no-fixed-seeds")
@@ -105,6 +107,8 @@ STOP_TIMEOUT = 15.0  # seconds for a node to stop after SIGTERM before it is kil
 PROFILE_RATE = 250  # py-spy samples per second and thread, in the runs that are not timed
 GROWTH_PROFILE_RATE = 100  # ... in the small-block IBDs, which are timed (every length sampled alike)
 PROFILE_ROWS = 18  # functions shown per profile
+IBD_VERIFY_TARGET = 0.6  # IBD inputs verified/s at least this times the one-core raw verify rate
+GROWTH_TARGET = 1.5  # IBD time per 1,000 blocks at the longest chain at most this times that at the shortest
 
 T = TypeVar("T")
 
@@ -773,6 +777,8 @@ class Report:
     rows: list[tuple[str, str, str]] = field(default_factory=list)  # measurement, value, against the limit
     targets: list[tuple[str, str, bool]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    results: list[plots.Row] = field(default_factory=list)  # the same figures for benchmarks/results/chain.json
+    series: dict[str, plots.Series] = field(default_factory=dict)
 
     def row(self, what: str, value: str, ratio: str = "") -> None:
         self.rows.append((what, value, ratio))
@@ -946,10 +952,61 @@ def measure(settings: Settings, cache_dir: Path, profile: bool, report: Report) 
         report.notes.append(f"the small-block IBDs were sampled by py-spy --nonblocking at {GROWTH_PROFILE_RATE}/s "
                             "(every length alike); the full-block IBD and push were not (a separate run was)")
     ratio = ibd.inputs_per_s / one_core
-    report.target("IBD inputs verified/s ≥ 0.6× one-core raw verify/s", f"{ratio:.2f}×", ratio >= 0.6)
-    report.target(f"IBD time per 1,000 blocks at {last.blocks:,} ≤ 1.5× at {first.blocks:,}", f"{growth_ratio:.2f}×",
-                  growth_ratio <= 1.5)
+    report.target(f"IBD inputs verified/s ≥ {IBD_VERIFY_TARGET:g}× one-core raw verify/s", f"{ratio:.2f}×",
+                  ratio >= IBD_VERIFY_TARGET)
+    report.target(f"IBD time per 1,000 blocks at {last.blocks:,} ≤ {GROWTH_TARGET:g}× at {first.blocks:,}",
+                  f"{growth_ratio:.2f}×", growth_ratio <= GROWTH_TARGET)
+    record_results(report, limits, {"push into A": push, "IBD A → B": ibd}, wire, in_process, growth)
     return profiles
+
+
+def record_results(report: Report, limits: Limits, syncs: dict[str, Sync], wire: MempoolRun, in_process: Rate,
+                   growth: Sequence[Sync]) -> None:
+    """The figures of the report as rows and a growth series, for benchmarks/results/chain.json."""
+    one_core, per_cpu = limits.verify_one_core, limits.verify_per_cpu_s
+    against = plots.Row.against
+    rows = [
+        against("raw verify, 1 thread", one_core, "verify/s", None, ""),
+        against("raw verify, 2 threads", statistics.median(r.per_s for r in limits.verify2), "verify/s",
+                one_core, "1 thread"),
+        against("sha256d of 80-byte headers, 1 thread", statistics.median(r.per_s for r in limits.sha256d),
+                "hashes/s", None, ""),
+    ]
+    for label, sync in syncs.items():
+        target = f"≥ {IBD_VERIFY_TARGET:g}×" if sync is syncs["IBD A → B"] else None
+        rows += [
+            against(f"{label}: blocks/s", sync.blocks_per_s, "blocks/s", None, ""),
+            against(f"{label}: inputs verified/s", sync.inputs_per_s, "inputs/s", one_core,
+                    "1-thread raw verify", target),
+            against(f"{label}: inputs per CPU-second of the node", sync.inputs_per_cpu_s, "inputs/CPU-s",
+                    per_cpu, "raw verify per CPU-s"),
+        ]
+    rows.append(against(f"mempool over the wire: {wire.txs:,} tx frames to A", wire.per_s, "tx/s", one_core,
+                        "1-thread raw verify"))
+    if wire.cpu_seconds:
+        rows.append(against("mempool over the wire: per CPU-second of A", wire.txs / wire.cpu_seconds,
+                            "tx/CPU-s", per_cpu, "raw verify per CPU-s"))
+    rows.append(against(f"mempool in process: Mempool.accept × {wire.txs:,}", in_process.per_s, "tx/s",
+                        one_core, "1-thread raw verify"))
+    first, last = growth[0], growth[-1]
+    for sync in growth:  # each length against the shortest: linear IBD keeps the ratio at 1
+        shortest = first.s_per_1000 if sync is not first else None
+        rows.append(against(f"IBD of {sync.blocks:,} small blocks: time per 1,000 blocks", sync.s_per_1000, "s",
+                            shortest, f"the same at {first.blocks:,} blocks",
+                            f"≤ {GROWTH_TARGET:g}×" if sync is last else None))
+    report.results += rows
+    report.series["ibd-growth"] = plots.Series(
+        x_label="chain length (blocks)", y_label="IBD time per 1,000 blocks (s)",
+        points=[(sync.blocks, round(sync.s_per_1000, 3)) for sync in growth],
+        title=f"IBD time per 1,000 small blocks, from {first.blocks:,} to {last.blocks:,} blocks",
+        limit=GROWTH_TARGET * first.s_per_1000,
+        limit_label=f"target: ≤ {GROWTH_TARGET:g}× the time at {first.blocks:,} blocks (flat = linear IBD)")
+    report.series["ibd-cpu-growth"] = plots.Series(  # less moved by other work on the machine than the wall time
+        x_label="chain length (blocks)", y_label="B's CPU time per 1,000 blocks (s)",
+        points=[(sync.blocks, round(sync.cpu_s_per_1000, 3)) for sync in growth],
+        title=f"CPU time of the syncing node per 1,000 small blocks, {first.blocks:,} to {last.blocks:,} blocks",
+        limit=GROWTH_TARGET * first.cpu_s_per_1000,
+        limit_label=f"{GROWTH_TARGET:g}× the CPU time at {first.blocks:,} blocks")
 
 
 def run(settings: Settings, cache_dir: Path, profile: bool) -> bool:
@@ -961,7 +1018,11 @@ def run(settings: Settings, cache_dir: Path, profile: bool) -> bool:
     print(f"\n{time.monotonic() - started:.0f} s in all; load average at the end {os.getloadavg()[0]:.2f}")
     for line in profiles:
         print(line)
-    return report.print()
+    all_met = report.print()
+    path = plots.write_results(plots.Results("chain", plots.RunInfo.now(), report.results, report.series))
+    print(f"\nresults: {path.relative_to(ROOT)}")
+    plots.main(["chain"])
+    return all_met
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,11 @@ from typing import Any, BinaryIO, Callable, Generic, Iterator, Sequence, TypeVar
 from protocol.framing import HEADER, MAX_PAYLOAD, FrameError, FrameReader, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a script: benchmarks.plots writes the results file
+
+from benchmarks import plots  # noqa: E402
+
 HOST = "127.0.0.1"
 LISTEN_BACKLOG = 4096  # the default (128) turns 1,000 quick connects into seconds of SYN retries
 CONNECT_TIMEOUT = 5.0  # seconds for one TCP connect; reads carry no timeout (see Watchdog)
@@ -722,6 +727,34 @@ def print_report(figures: dict[str, Figure], names: Sequence[str]) -> bool:
     return all_met
 
 
+def result_rows(figures: dict[str, Figure]) -> list[plots.Row]:
+    """The report as rows for benchmarks/results/framing.json: every median, with its ratio to raw's."""
+    ratio_targets = {(t.figure, t.impl): f"≥ {t.bound:g}×" for t in TARGETS if t.at_least_ratio}
+    rows: list[plots.Row] = []
+    for key, figure in figures.items():
+        raw = figure.median("raw") if figure.with_ratio else None
+        for impl in IMPLEMENTATIONS:
+            value = figure.median(impl.name)
+            if value is None:
+                continue
+            label = f"{impl.name}: {figure.title}"
+            limit = raw if impl.name != "raw" else None
+            rows.append(plots.Row.against(label, value, figure.unit, limit, "raw", ratio_targets.get((key, impl.name))))
+    for target in TARGETS:  # a bound on the value itself becomes a row measured against that bound
+        value = figures[target.figure].median(target.impl)
+        if not target.at_least_ratio and value is not None:
+            rows.append(plots.Row.against(f"{target.impl}: {target.label.split(', ', 1)[-1]}", value,
+                                          figures[target.figure].unit, target.bound, "target bound", "≤ 1×"))
+    return rows
+
+
+def save_results(figures: dict[str, Figure]) -> None:
+    """benchmarks/results/framing.json, then its figures in docs/img (when matplotlib is installed)."""
+    path = plots.write_results(plots.Results("framing", plots.RunInfo.now(), result_rows(figures)))
+    print(f"\nresults: {path.relative_to(ROOT)}")
+    plots.main(["framing"])
+
+
 # -- running it all ---------------------------------------------------------------------------
 
 
@@ -854,7 +887,9 @@ def run(settings: Settings) -> bool:
             for server in servers.values():
                 server.stop()
     print(f"\n{time.monotonic() - started:.0f} s in all; load average at the end {os.getloadavg()[0]:.2f}")
-    return print_report(figures, [impl.name for impl in IMPLEMENTATIONS])
+    all_met = print_report(figures, [impl.name for impl in IMPLEMENTATIONS])
+    save_results(figures)
+    return all_met
 
 
 DEFAULT = Settings(repetitions=5, stream_seconds=1.0, pings=5000)
