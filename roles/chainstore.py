@@ -498,7 +498,8 @@ class ChainStore:
             self._pending.spend(outpoint)
             self._coins.discard(outpoint)
         self._pending.created.update(created)
-        self._pending.txindex.update((tx.txid, (block.block_id, i)) for i, tx in enumerate(block.transactions))
+        where = block.block_id
+        self._pending.txindex.update((tx.txid, (where, i)) for i, tx in enumerate(block.transactions))
         self._pending.blocks += 1
 
     def _disconnect_tip(self) -> Block:
