@@ -573,7 +573,7 @@ class ChainStore:
                         self._db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
                                              [txin.prevout for txin in tx.inputs])
                     self._db.executemany(
-                        _INSERT_COIN.replace("INSERT", "INSERT OR REPLACE", 1),
+                        _REPLACE_COIN,
                         [_coin_row(OutPoint(tx.txid, i), Coin(o.amount, o.address, height, tx.is_coinbase, o.token))
                          for i, o in enumerate(tx.outputs)])
             self._set_coins_tip(tip.block_id)
@@ -706,6 +706,7 @@ class _BlockView:
 
 _INSERT_TXINDEX = "INSERT OR REPLACE INTO txindex (txid, block, position) VALUES (?, ?, ?)"
 _INSERT_COIN = "INSERT INTO utxo (txid, idx, amount, address, height, coinbase, token) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_REPLACE_COIN = _INSERT_COIN.replace("INSERT", "INSERT OR REPLACE", 1)  # a replay may meet rows it wrote before
 
 
 def _coin_row(outpoint: OutPoint, coin: Coin) -> tuple:
