@@ -815,15 +815,6 @@ DEFAULT = Settings(full_blocks=20, mempool_txs=2000, small_sizes=(1000, 3000, 10
 QUICK = Settings(full_blocks=4, mempool_txs=500, small_sizes=(500, 2000))
 
 
-def source_version() -> str:
-    try:
-        result = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return result.stdout.strip() or "unknown"
-
-
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}, load {os.getloadavg()[0]:.1f}] {text}", flush=True)
 
@@ -1011,7 +1002,7 @@ def record_results(report: Report, limits: Limits, syncs: dict[str, Sync], wire:
 
 def run(settings: Settings, cache_dir: Path, profile: bool) -> bool:
     started = time.monotonic()
-    say(f"epscoin {source_version()}, Python {platform.python_version()}, coincurve {version('coincurve')}, "
+    say(f"epscoin {plots.source_commit()}, Python {platform.python_version()}, coincurve {version('coincurve')}, "
         f"{os.cpu_count()} CPUs" + ("" if not profile or py_spy() else "; no py-spy: no profiles"))
     report = Report()
     profiles = measure(settings, cache_dir, profile, report)

@@ -848,16 +848,6 @@ def warm_up(servers: dict[str, Server]) -> None:
         measure_ping(impl, servers[impl.name], 200)
 
 
-def source_version() -> str:
-    """The commit measured, so a table can be traced back; "unknown" outside a git checkout."""
-    try:
-        result = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return result.stdout.strip() or "unknown"
-
-
 def cpu_placement() -> tuple[int, int]:
     """(client CPU, server CPU): two different CPUs when there are two."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -868,7 +858,7 @@ def run(settings: Settings) -> bool:
     client_cpu, server_cpu = cpu_placement()
     os.sched_setaffinity(0, {client_cpu})  # threads started from here on inherit it
     figures = new_figures(settings.peers)
-    print(f"epscoin {source_version()}, Python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
+    print(f"epscoin {plots.source_commit()}, Python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.2f}; client on CPU {client_cpu}, every server on CPU {server_cpu}; "
           f"{settings.repetitions} repetitions", flush=True)
     started = time.monotonic()

@@ -72,7 +72,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import plots  # noqa: E402
 from benchmarks.chain_bench import (STOP_TIMEOUT, BenchError, Chain, Processes, Rate, block_json,  # noqa: E402
                                     cached_chain, chain_info, py_spy, rate, rounds_for, say, sha256d_loop,
-                                    source_version, timed, wait_for)
+                                    timed, wait_for)
 from protocol.block import HEADER_PREFIX_SIZE, BlockHeader, work_for  # noqa: E402
 from protocol.framing import encode_frame  # noqa: E402
 from protocol.messages import Error, MiningInfo, TxInfo  # noqa: E402
@@ -973,7 +973,7 @@ def rtt_series(measured: Measured) -> dict[str, plots.Series]:
 
 def run(settings: Settings, cache_dir: Path, profile: bool, results_dir: Path) -> bool:
     started, load_before = time.monotonic(), os.getloadavg()
-    say(f"epscoin {source_version()}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+    say(f"epscoin {plots.source_commit()}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"load average {' '.join(f'{x:.2f}' for x in load_before)}"
         + ("" if not profile or py_spy() else "; no py-spy: no profile"))
     measured = measure(settings, cache_dir, profile)

@@ -43,6 +43,7 @@ from protocol.framing import PORT, FrameError  # noqa: E402
 from protocol.messages import PeerInfo, PeerRow  # noqa: E402
 from protocol.messages.handshake import NODE_NETWORK  # noqa: E402
 from roles.demo_network import DEMO_DNS_PORT, DEMO_ZONE, Monitor, demo_host  # noqa: E402
+from tests.network_tools import can_bind  # noqa: E402
 
 OUTBOUND = 8  # the node's default --outbound, which the demo keeps
 START_TIMEOUT = 60.0  # seconds for `node.py --demo` to report every node listening (2 loaded cores)
@@ -61,22 +62,13 @@ class GraphError(Exception):
 # -- where the demo runs ---------------------------------------------------------------------------
 
 
-def _can_bind(host: str, port: int, kind: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def pick_subnet(nodes: int, rng: random.Random) -> str:
     """A first host 127.R.S.2 such that the demo's TCP ports and its seed's DNS port are all free."""
     for _ in range(SUBNET_TRIES):
         first = f"127.{rng.randint(100, 250)}.{rng.randint(100, 250)}.2"  # as the tests pick theirs
         hosts = [demo_host(first, index) for index in range(nodes)]
-        if all(_can_bind(host, PORT, socket.SOCK_STREAM) for host in hosts) and \
-                _can_bind(first, DEMO_DNS_PORT, socket.SOCK_DGRAM):
+        if all(can_bind(host, PORT, socket.SOCK_STREAM) for host in hosts) and \
+                can_bind(first, DEMO_DNS_PORT, socket.SOCK_DGRAM):
             return first
     raise GraphError(f"no free 127.R.S.0/24 subnet found in {SUBNET_TRIES} tries")
 

@@ -49,7 +49,8 @@ START_TIMEOUT = 60.0  # seconds for one node to listen when a dozen start at onc
 # -- addresses ---------------------------------------------------------------------------------
 
 
-def _can_bind(host: str, port: int, kind: int) -> bool:
+def can_bind(host: str, port: int, kind: int) -> bool:
+    """Whether this address and port are free (TCP for SOCK_STREAM, UDP for SOCK_DGRAM)."""
     with socket.socket(socket.AF_INET, kind) as sock:
         try:
             sock.bind((host, port))
@@ -66,7 +67,7 @@ class Subnet:
         taken = {(s.r, s.s) for s in exclude}
         for _ in range(50):
             r, s = rng.randint(100, 250), rng.randint(100, 250)
-            if (r, s) not in taken and all(_can_bind(f"127.{r}.{s}.{k}", PORT, socket.SOCK_STREAM)
+            if (r, s) not in taken and all(can_bind(f"127.{r}.{s}.{k}", PORT, socket.SOCK_STREAM)
                                            for k in (2, 3, 4)):
                 self.r, self.s = r, s
                 return
