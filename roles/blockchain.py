@@ -332,7 +332,10 @@ class BlockchainRole(Role):
             if item.type == "block":
                 data = self.store.block_data(item.id)  # validated when stored: sent on as stored
                 if data is not None:
-                    peer.send_frame(encode_frame(f"{BlockMessage.command} {data.decode()}"))
+                    frame = encode_frame(f"{BlockMessage.command} {data.decode()}")
+                    if not peer.wait_for_send_room(len(frame)):  # 16 full blocks outgrow the outbox
+                        return
+                    peer.send_frame(frame)
                     continue
             else:
                 entry = self.mempool.get(item.id)

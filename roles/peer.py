@@ -54,6 +54,7 @@ class Peer:
         self._max_send_buffer = max_send_buffer
         # Guards _outbox, every write to sock, and the switch to ready (see become_ready).
         self._send_lock = threading.RLock()
+        self._drained = threading.Condition(self._send_lock)  # notified as the outbox shrinks or the peer closes
         self._outbox = bytearray()
         self._flush_requested = False
         self._last_send_progress = time.monotonic()
@@ -111,6 +112,19 @@ class Peer:
     def pending_send_bytes(self) -> int:
         return len(self._outbox)
 
+    def wait_for_send_room(self, size: int) -> bool:
+        """Block until a frame of `size` bytes fits in the outbox; False if the peer closes first.
+
+        For answers the peer asked for in bulk (getdata of 16 blocks of 1 MB): as Bitcoin's
+        fPauseSend, the node stops serving (and reading) a peer whose outbox is full, and goes on
+        as it reads, rather than dropping it for asking. The handler thread that waits is this
+        peer's own; a peer that stops reading for good is closed by the send-stall timeout.
+        """
+        with self._drained:
+            while not self.closing and self._outbox and len(self._outbox) + size > self._max_send_buffer:
+                self._drained.wait(1.0)
+            return not self.closing
+
     def send_stalled_for(self, now: float) -> float:
         """Seconds the outbox has waited without the peer taking a byte (0 when empty)."""
         return now - self._last_send_progress if self._outbox else 0.0
@@ -121,6 +135,7 @@ class Peer:
             if self._outbox and not self.closing:
                 sent = self._send_now(self._outbox)
                 del self._outbox[:sent]
+                self._drained.notify_all()
             if not self._outbox or self.closing:
                 self._outbox.clear()
                 self._flush_requested = False
@@ -134,6 +149,7 @@ class Peer:
     def _close_locked(self, reason: str) -> None:
         if self.close_reason is None:
             self.close_reason = reason
+        self._drained.notify_all()
         try:
             # SHUT_RDWR wakes the handler thread blocked in read; data already
             # queued (a last error or goodbye frame) is still delivered before FIN.
