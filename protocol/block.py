@@ -10,12 +10,12 @@ docs/differences-from-bitcoin.md).
 
 from __future__ import annotations
 
-import functools
 import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.caching import computed_once
 from protocol.hashing import merkle_root, sha256d
 from protocol.transaction import Transaction, TransactionFormatError, canonical_json
 
@@ -62,7 +62,7 @@ class BlockHeader:
         return _HEADER_LAYOUT.pack(self.version, bytes.fromhex(self.prev), bytes.fromhex(self.merkle_root),
                                    self.time, self.bits, self.nonce)
 
-    @functools.cached_property
+    @computed_once
     def block_id(self) -> str:
         return sha256d(self.serialize()).hex()
 
@@ -111,9 +111,9 @@ class Block:
         if not isinstance(value, dict) or not isinstance(value.get("txs"), list):
             raise TransactionFormatError("a block is {\"header\": {...}, \"txs\": [...]}")
         return cls(header=BlockHeader.from_json(value.get("header")),
-                   transactions=tuple(Transaction.from_json(tx) for tx in value["txs"]))
+                   transactions=tuple([Transaction.from_json(tx) for tx in value["txs"]]))
 
-    @functools.cached_property
+    @computed_once
     def size(self) -> int:
         """Bytes of the block's canonical JSON: what the size limit counts."""
         # {"header":H,"txs":[T1,...,Tn]}, counted from the serializations the txids already made.

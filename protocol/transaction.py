@@ -19,13 +19,13 @@ never floats.
 Ids: the txid is sha256d of the canonical JSON (keys sorted, no spaces,
 UTF-8). What input i signs is sha256d of b"epscoin-sighash", i as 4 bytes,
 and the canonical JSON with every signature set to "" (docs/protocol.md).
-Both are written field by field (_canonical_transaction), which gives the
-same bytes as canonical_json(tx.to_json()), only faster.
+The canonical JSON is written field by field (_canonical_transaction), which
+gives the same bytes as canonical_json(tx.to_json()), only faster, and the
+signed form is those bytes with the signatures blanked.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import struct
@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import coincurve
 
+from protocol.caching import computed_once
 from protocol.fields import utf8_encodable
 from protocol.hashing import sha256d
 from protocol.tokens import TokenBurn, TokenFormatError, TokenIssue, burns_from_json, check_ticker
@@ -48,6 +49,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PUBKEY = re.compile(r"0[23][0-9a-f]{64}")  # compressed secp256k1 point
 _SIGNATURE = re.compile(r"[0-9a-f]{16,144}")  # DER, 8 to 72 bytes (an even count of digits, checked apart:
 # the pattern (?:[0-9a-f]{2}){8,72} says it in one go, but runs seven times slower)
+_SIGNATURE_VALUE = re.compile(rb'"signature":"[^"\\]*(?:\\.[^"\\]*)*"')  # the key and its JSON string, escapes included
 
 
 class TransactionFormatError(ValueError):
@@ -187,18 +189,18 @@ class Transaction:
             burn = burns_from_json(value["burn"]) if "burn" in value else ()
         except TokenFormatError as error:
             raise TransactionFormatError(str(error)) from None
-        return cls(inputs=tuple(TxIn.from_json(i) for i in inputs),
-                   outputs=tuple(TxOut.from_json(o) for o in outputs), version=version, locktime=locktime,
+        return cls(inputs=tuple([TxIn.from_json(i) for i in inputs]),
+                   outputs=tuple([TxOut.from_json(o) for o in outputs]), version=version, locktime=locktime,
                    issue=issue, burn=burn)
 
-    @functools.cached_property
+    @computed_once
     def serialized(self) -> bytes:
         """canonical_json(self.to_json()), written directly: a node serializes every transaction it
         sees, and this is three times faster than building the dicts and encoding them
         (tests/test_serialization.py holds the two equal for any transaction)."""
-        return _canonical_transaction(self, blank_signatures=False)
+        return _canonical_transaction(self)
 
-    @functools.cached_property
+    @computed_once
     def txid(self) -> str:
         return sha256d(self.serialized).hex()
 
@@ -206,10 +208,13 @@ class Transaction:
     def size(self) -> int:
         return len(self.serialized)
 
-    @functools.cached_property
+    @computed_once
     def _unsigned(self) -> bytes:
-        """The canonical JSON with every signature "" (what the signature hash covers)."""
-        return _canonical_transaction(self, blank_signatures=True)
+        """The canonical JSON with every signature "" (what the signature hash covers).
+
+        Made from the serialized bytes by blanking each "signature" value: in canonical JSON a
+        quote inside a string is always escaped, so `"signature":"` can only be that key."""
+        return _SIGNATURE_VALUE.sub(b'"signature":""', self.serialized)
 
     def signature_hash(self, index: int) -> bytes:
         """What input `index` signs: the transaction with every signature blanked, and the index."""
@@ -242,7 +247,7 @@ def _json_string(text: str) -> str:
     return f'"{text}"' if text.isalnum() and text.isascii() else _CANONICAL.encode(text)
 
 
-def _canonical_transaction(tx: Transaction, blank_signatures: bool) -> bytes:
+def _canonical_transaction(tx: Transaction) -> bytes:
     """The canonical JSON of a transaction, keys in sorted order at every level (§11.1)."""
     fields = []
     if tx.burn:
@@ -253,9 +258,8 @@ def _canonical_transaction(tx: Transaction, blank_signatures: bool) -> bytes:
         if txin.prevout is None:
             inputs.append(f'{{"coinbase":{txin.coinbase_height},"data":{_json_string(txin.coinbase_data)}}}')
         else:
-            signature = "" if blank_signatures else txin.signature
             inputs.append(f'{{"index":{txin.prevout.index},"pubkey":{_json_string(txin.pubkey)},'
-                          f'"signature":{_json_string(signature)},"txid":{_json_string(txin.prevout.txid)}}}')
+                          f'"signature":{_json_string(txin.signature)},"txid":{_json_string(txin.prevout.txid)}}}')
     fields.append('"inputs":[' + ",".join(inputs) + "]")
     if tx.issue is not None:
         fields.append(f'"issue":{{"name":{_json_string(tx.issue.name)},"supply":{tx.issue.supply},'
@@ -270,8 +274,9 @@ def _canonical_transaction(tx: Transaction, blank_signatures: bool) -> bytes:
     return ("{" + ",".join(fields) + "}").encode("utf-8")
 
 
-@dataclass(frozen=True)
-class SignatureCheck:
+class SignatureCheck(NamedTuple):
+    """What verifying one input takes (a named tuple: one is made per input of every block)."""
+
     pubkey: str  # hex, as in the input
     signature: str  # hex DER
     message_hash: bytes  # the input's signature hash
