@@ -14,7 +14,6 @@ checks come in Bitcoin's three layers:
 from __future__ import annotations
 
 import statistics
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Protocol, Sequence
 
@@ -274,7 +273,17 @@ def check_token_balance(tx: Transaction, tokens_in: dict[str, int], view: CoinVi
                                  "(a token is neither created nor lost except by its issue and an explicit burn)")
 
 
-SIGNATURE_CHUNK = 128  # signatures per pool task: a future per signature costs about what its verify does
+SIGNATURE_CHUNK = 128  # signatures per pool task: enough to make handing them over cheap
+
+
+class SignatureVerdicts(Protocol):
+    def result(self) -> list[bool]: ...
+
+
+class SignaturePool(Protocol):
+    """Verifies chunks of signatures while the caller goes on (roles/signature_workers.py)."""
+
+    def submit(self, checks: list[SignatureCheck]) -> SignatureVerdicts: ...
 
 
 def _verify_all(checks: list[SignatureCheck]) -> list[bool]:
@@ -282,32 +291,31 @@ def _verify_all(checks: list[SignatureCheck]) -> list[bool]:
 
 
 class SignatureBatch:
-    """A block's deferred signature checks (check_inputs appends them), verified on the pool in chunks
-    as they arrive: the pool verifies while the caller goes on checking the block's other inputs.
-    (ThreadPoolExecutor.map ignores chunksize: it makes one future per signature.)"""
+    """A block's deferred signature checks (check_inputs appends them), handed to the pool in chunks
+    as they arrive: the pool verifies while the caller goes on checking the block's other inputs."""
 
-    def __init__(self, pool: Executor | None) -> None:
+    def __init__(self, pool: SignaturePool | None) -> None:
         self.pool = pool
         self._pending: list[tuple[Transaction, int, SignatureCheck]] = []
-        self._submitted: list = []  # (chunk, future of its verdicts), in order
+        self._submitted: list[tuple[list, SignatureVerdicts]] = []  # (chunk, its verdicts), in order
 
     def append(self, item: tuple[Transaction, int, SignatureCheck]) -> None:
         self._pending.append(item)
         if self.pool is not None and len(self._pending) >= SIGNATURE_CHUNK:
             chunk, self._pending = self._pending, []
-            self._submitted.append((chunk, self.pool.submit(_verify_all, [check for _, _, check in chunk])))
+            self._submitted.append((chunk, self.pool.submit([check for _, _, check in chunk])))
 
     def check(self) -> None:
         """ConsensusError for the first invalid signature, in the order they were appended."""
         rest = _verify_all([check for _, _, check in self._pending])  # here, while the pool finishes
-        for chunk, verdicts in [(c, f.result()) for c, f in self._submitted] + [(self._pending, rest)]:
+        for chunk, verdicts in [(c, v.result()) for c, v in self._submitted] + [(self._pending, rest)]:
             for (tx, index, _), valid in zip(chunk, verdicts):
                 if not valid:
                     raise ConsensusError("bad-txns-signature",
                                          f"transaction {tx.txid} input {index}: the signature is not valid")
 
 
-def check_signatures(checks: list[tuple[Transaction, int, SignatureCheck]], pool: Executor | None) -> None:
+def check_signatures(checks: list[tuple[Transaction, int, SignatureCheck]], pool: SignaturePool | None) -> None:
     """Verify deferred signatures all at once: a SignatureBatch filled in one go."""
     batch = SignatureBatch(pool)
     for item in checks:

@@ -32,7 +32,6 @@ import os
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +41,7 @@ from protocol.consensus import (Coin, ConsensusError, SignatureBatch, check_bloc
                                 check_header_context, check_inputs)
 from protocol.networks import Network
 from protocol.transaction import OutPoint, Transaction, canonical_json
+from roles.signature_workers import SignatureWorkers
 
 log = logging.getLogger("epscoin.chain")
 
@@ -144,7 +144,7 @@ class ChainStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS utxo_by_token ON utxo (token) WHERE token IS NOT NULL")
         self._path_cache: list[tuple[int, str]] = []  # the best header's branch, see _best_path
         self._just_stored: Block | None = None  # the block store_block last kept: connected without a re-parse
-        self._verifier = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="verify")
+        self._verifier = SignatureWorkers()  # processes, started with the first big block
         if self._header_row(network.genesis_id) is None:
             self._store_genesis()
         self._replay_coins()
@@ -161,7 +161,7 @@ class ChainStore:
             self._flush_coins()
 
     def close(self) -> None:
-        self._verifier.shutdown()
+        self._verifier.close()
         with self.lock:
             self._flush_coins()
             self._db.close()
@@ -461,7 +461,7 @@ class ChainStore:
         spent: list[tuple[OutPoint, Coin]] = []  # coins from the UTXO set: the undo data
         view = _BlockView(self, created, set())
         fees = 0
-        signatures = SignatureBatch(self._verifier)  # verified on the pool while this loop goes on
+        signatures = SignatureBatch(self._verifier)  # verified by the workers while this loop goes on
         issues: list[tuple] = []  # rows for the tokens table
         burns: list[tuple[int, str]] = []
         for tx in block.transactions[1:]:

@@ -15,7 +15,6 @@ import contextlib
 import copy
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -32,6 +31,7 @@ from protocol.hashing import merkle_branch, merkle_root, root_from_branch, sha25
 from protocol.networks import NETWORKS
 from protocol.transaction import (COIN, MAX_MONEY, MAX_TX_SIZE, OutPoint, Transaction, TransactionFormatError,
                                   TxIn, TxOut)
+from roles.signature_workers import SignatureWorkers
 from tests.chain_builder import ChainBuilder, Key, UtxoView, make_transaction, unmine
 
 REGTEST, DEMO, MAIN = NETWORKS["regtest"], NETWORKS["demo"], NETWORKS["main"]
@@ -485,7 +485,7 @@ def test_the_high_s_helper_malleates_a_real_signature():
     assert signature_s(signature) <= SECP256K1_ORDER // 2 < signature_s(malleated)
 
 
-@pytest.mark.parametrize("pool", [None, "threads"])
+@pytest.mark.parametrize("pool", [None, "workers"])
 def test_signatures_of_a_block_verified_at_once(pool):
     chain = ChainBuilder(REGTEST, miner=ALICE)
     inputs = SIGNATURE_CHUNK + 1  # one full chunk goes to the pool, the last signature is checked inline
@@ -493,7 +493,7 @@ def test_signatures_of_a_block_verified_at_once(pool):
     outpoints = [chain.coinbase_outpoint(height) for height in range(1, inputs + 1)]
     tx = make_transaction(outpoints, [(BOB, COIN)], ALICE)  # one signature per input
     forged = _with_signature(tx, 9, tx.inputs[8].signature)
-    with ThreadPoolExecutor(max_workers=4) if pool else contextlib.nullcontext() as executor:
+    with contextlib.closing(SignatureWorkers(1)) if pool else contextlib.nullcontext() as executor:
         for candidate in (tx, forged):
             deferred: list = []
             check_inputs(candidate, chain.view, next_height(chain), REGTEST, deferred_signatures=deferred)
