@@ -173,6 +173,8 @@ class BlockchainRole(Role):
             self._fill_download_windows()
 
     def _fill_download_windows(self) -> None:
+        if not self.syncing():
+            return  # the tip is the best header: nothing to ask for (and no query per peer every second)
         now = time.monotonic()
         with self._lock:
             taken = {block_id for state in self._peers.values() for block_id in state.in_flight}
