@@ -461,8 +461,16 @@ class Node:
         return client
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system time of the node and of its live child processes (the signature workers)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if stat.parent.name == str(self.pid) or fields[1] == str(self.pid):  # the node, or its child
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.processes.stop(self.process)
@@ -934,7 +942,7 @@ def measure(settings: Settings, cache_dir: Path, profile: bool, report: Report) 
         "signature, hash) triples of the chain; sha256d: `sha256(sha256(h).digest()).digest()` over its headers; "
         f"{LIMIT_SAMPLES} samples before and {LIMIT_SAMPLES} after the nodes, median (min–max)",
         "transactions and inputs exclude coinbases; IBD time runs from B listening to B's height matching A's; "
-        "CPU-second figures use the node's user + system time (/proc) and this thread's for the limit",
+        "CPU-second figures use the node's user + system time, its signature workers' included (/proc), and this thread's for the limit",
         f"mempool replies from A to the sending client: {wire.replies}",
         "connections lost by the syncing node during its IBD: "
         + ", ".join(f"{s.blocks:,} blocks: {s.disconnects}" for s in [ibd, *growth]),

@@ -216,11 +216,13 @@ def check_block_context(block: Block, height: int, fees: int, network: Network) 
 
 
 def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Network,
-                 deferred_signatures: list[tuple[Transaction, int, SignatureCheck]] | None = None) -> int:
+                 deferred_signatures: list[tuple[Transaction, int, SignatureCheck]] | None = None,
+                 signatures_queued: bool = False) -> int:
     """The fee (inputs minus outputs), after checking every input exists, is mature, and is signed.
 
     With `deferred_signatures`, signatures are not verified here but appended to that
     list (a SignatureBatch, or a list for check_signatures) to verify a whole block's at once.
+    With `signatures_queued`, the caller has them already (queue_signatures) and checks them.
     """
     total_in = 0
     tokens_in: dict[str, int] = {}
@@ -236,7 +238,9 @@ def check_inputs(tx: Transaction, view: CoinView, spend_height: int, network: Ne
                                  f"(needs {network.coinbase_maturity})")
         if decode_address(coin.address, network.address_prefix) != pubkey_hash(bytes.fromhex(txin.pubkey)):
             raise ConsensusError("bad-txns-wrong-key", f"input {index}: the public key is not the address's owner")
-        if deferred_signatures is not None:
+        if signatures_queued:
+            pass
+        elif deferred_signatures is not None:
             deferred_signatures.append((tx, index, tx.signature_check(index)))
         elif not tx.signature_valid(index):
             raise ConsensusError("bad-txns-signature", f"input {index}: the signature is not valid")
@@ -279,6 +283,8 @@ SIGNATURE_CHUNK = 128  # signatures per pool task: enough to make handing them o
 class SignatureVerdicts(Protocol):
     def result(self) -> list[bool]: ...
 
+    def cancel(self) -> None: ...
+
 
 class SignaturePool(Protocol):
     """Verifies chunks of signatures while the caller goes on (roles/signature_workers.py)."""
@@ -305,6 +311,12 @@ class SignatureBatch:
             chunk, self._pending = self._pending, []
             self._submitted.append((chunk, self.pool.submit([check for _, _, check in chunk])))
 
+    def cancel(self) -> None:
+        """The verdicts are not wanted after all (the block failed another rule first)."""
+        for _, verdicts in self._submitted:
+            verdicts.cancel()
+        self._submitted, self._pending = [], []
+
     def check(self) -> None:
         """ConsensusError for the first invalid signature, in the order they were appended."""
         rest = _verify_all([check for _, _, check in self._pending])  # here, while the pool finishes
@@ -313,6 +325,16 @@ class SignatureBatch:
                 if not valid:
                     raise ConsensusError("bad-txns-signature",
                                          f"transaction {tx.txid} input {index}: the signature is not valid")
+
+
+def queue_signatures(block: Block, pool: SignaturePool | None) -> SignatureBatch:
+    """Every input signature of the block, handed to the pool at once: it verifies them while the
+    caller checks the rest of the block (check_inputs(..., signatures_queued=True))."""
+    batch = SignatureBatch(pool)
+    for tx in block.transactions[1:]:
+        for index in range(len(tx.inputs)):
+            batch.append((tx, index, tx.signature_check(index)))
+    return batch
 
 
 def check_signatures(checks: list[tuple[Transaction, int, SignatureCheck]], pool: SignaturePool | None) -> None:

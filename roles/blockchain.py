@@ -24,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from protocol.block import Block, bits_to_target
-from protocol.consensus import ConsensusError, check_block
+from protocol.consensus import ConsensusError, check_block, check_header
 from protocol.framing import encode_frame
 from protocol.messages import Error
 from protocol.messages.blocks import MAX_HEADERS, BlockMessage, GetHeaders, Headers, TxMessage
@@ -217,8 +217,11 @@ class BlockchainRole(Role):
         known = self.store.header(block_id)
         if known is not None and known.status in (HAVE_DATA, CONNECTED):
             return  # a duplicate; nothing to do
+        now = time.time()
         try:
-            check_block(block, self.network, time.time())
+            check_header(block.header, self.network, now)  # proof of work first: only then is it worth verifying
+            self.store.verify_ahead(block)  # the signatures, on the workers while the rest is checked
+            check_block(block, self.network, now)
         except ConsensusError as error:
             self._punish(peer, error, "block", "block")
             return

@@ -32,13 +32,14 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from protocol.block import NULL_ID, Block, BlockHeader, work_for
 from protocol.consensus import (Coin, ConsensusError, SignatureBatch, check_block_context, check_header,
-                                check_header_context, check_inputs)
+                                check_header_context, check_inputs, queue_signatures)
 from protocol.networks import Network
 from protocol.transaction import OutPoint, Transaction, canonical_json
 from roles.signature_workers import SignatureWorkers
@@ -51,6 +52,7 @@ MAX_LOCATOR_DENSE = 10  # the locator lists the last 10 blocks one by one, then 
 COIN_CACHE_SIZE = 200_000  # coins kept in memory, about 50 MB; Bitcoin's -dbcache is 450 MB
 FLUSH_EVERY_BLOCKS = 2_000  # while syncing, the utxo table is written at least this often
 FLUSH_DIRTY_COINS = 200_000  # ... or when this many coin changes wait
+AHEAD_BLOCKS = 4  # blocks whose signatures may be queued before they are connected
 SQLITE_CACHE_KIB = 64 * 1024  # SQLite's page cache; its default of 2 MB misses on every UTXO lookup
 
 SCHEMA = """
@@ -145,6 +147,7 @@ class ChainStore:
         self._path_cache: list[tuple[int, str]] = []  # the best header's branch, see _best_path
         self._just_stored: Block | None = None  # the block store_block last kept: connected without a re-parse
         self._verifier = SignatureWorkers()  # processes, started with the first big block
+        self._ahead: OrderedDict[str, SignatureBatch] = OrderedDict()  # signatures queued before the block is stored
         if self._header_row(network.genesis_id) is None:
             self._store_genesis()
         self._replay_coins()
@@ -159,6 +162,17 @@ class ChainStore:
         """Write the changes waiting in memory to the utxo and txindex tables."""
         with self.lock:
             self._flush_coins()
+
+    def verify_ahead(self, block: Block) -> None:
+        """Start verifying a block's signatures now, before it is checked further, stored and
+        connected: the workers get the time all that takes. The last few such blocks are kept
+        (peers may hand over blocks side by side); an older one is verified again if it comes to it."""
+        batch = queue_signatures(block, self._verifier)
+        with self.lock:
+            self._ahead[block.block_id] = batch
+            dropped = [self._ahead.popitem(last=False)[1] for _ in range(len(self._ahead) - AHEAD_BLOCKS)]
+        for old in dropped:
+            old.cancel()
 
     def close(self) -> None:
         self._verifier.close()
@@ -459,27 +473,13 @@ class ChainStore:
         """Apply one block to the UTXO set, atomically; ConsensusError leaves nothing changed."""
         created: dict[OutPoint, Coin] = {}
         spent: list[tuple[OutPoint, Coin]] = []  # coins from the UTXO set: the undo data
-        view = _BlockView(self, created, set())
-        fees = 0
-        signatures = SignatureBatch(self._verifier)  # verified by the workers while this loop goes on
-        issues: list[tuple] = []  # rows for the tokens table
-        burns: list[tuple[int, str]] = []
-        for tx in block.transactions[1:]:
-            if tx.issue is not None:
-                first = view.coin(tx.inputs[0].prevout)  # the issuer; check_inputs rejects a missing coin
-                issuer = first.address if first is not None else ""
-            fees += check_inputs(tx, view, height, self.network, deferred_signatures=signatures)
-            if tx.issue is not None:
-                view.issued.add(tx.issue.ticker)
-                issues.append((tx.issue.ticker, tx.issue.name, tx.issue.supply, issuer, tx.txid, height))
-            burns += [(burn.amount, burn.token) for burn in tx.burn]
-            for txin in tx.inputs:
-                if created.pop(txin.prevout, None) is None:  # made and spent in this block: no undo needed
-                    spent.append((txin.prevout, view.fetched[txin.prevout]))
-                    view.spent.add(txin.prevout)
-            for index, output in enumerate(tx.outputs):
-                created[OutPoint(tx.txid, index)] = Coin(output.amount, output.address, height, False, output.token)
-        check_block_context(block, height, fees, self.network)
+        signatures = self._signatures_of(block)  # verified by the workers while the spends are checked
+        try:
+            fees, issues, burns = self._check_spends(block, height, created, spent)
+            check_block_context(block, height, fees, self.network)
+        except BaseException:  # a broken rule (or anything else): the verdicts are not wanted
+            signatures.cancel()
+            raise
         signatures.check()
         coinbase = block.transactions[0]
         for index, output in enumerate(coinbase.outputs):
@@ -501,6 +501,37 @@ class ChainStore:
         where = block.block_id
         self._pending.txindex.update((tx.txid, (where, i)) for i, tx in enumerate(block.transactions))
         self._pending.blocks += 1
+
+    def _signatures_of(self, block: Block) -> SignatureBatch:
+        """The block's signatures, queued by verify_ahead or now."""
+        with self.lock:
+            ahead = self._ahead.pop(block.block_id, None)
+        return ahead if ahead is not None else queue_signatures(block, self._verifier)
+
+    def _check_spends(self, block: Block, height: int, created: dict[OutPoint, Coin],
+                      spent: list[tuple[OutPoint, Coin]]) -> tuple[int, list[tuple], list[tuple[int, str]]]:
+        """Every input of the block but its signatures, in order: the fees, and the rows for the
+        tokens table. Fills `created` with the block's new coins and `spent` with the undo data."""
+        view = _BlockView(self, created, set())
+        fees = 0
+        issues: list[tuple] = []
+        burns: list[tuple[int, str]] = []
+        for tx in block.transactions[1:]:
+            if tx.issue is not None:
+                first = view.coin(tx.inputs[0].prevout)  # the issuer; check_inputs rejects a missing coin
+                issuer = first.address if first is not None else ""
+            fees += check_inputs(tx, view, height, self.network, signatures_queued=True)
+            if tx.issue is not None:
+                view.issued.add(tx.issue.ticker)
+                issues.append((tx.issue.ticker, tx.issue.name, tx.issue.supply, issuer, tx.txid, height))
+            burns += [(burn.amount, burn.token) for burn in tx.burn]
+            for txin in tx.inputs:
+                if created.pop(txin.prevout, None) is None:  # made and spent in this block: no undo needed
+                    spent.append((txin.prevout, view.fetched[txin.prevout]))
+                    view.spent.add(txin.prevout)
+            for index, output in enumerate(tx.outputs):
+                created[OutPoint(tx.txid, index)] = Coin(output.amount, output.address, height, False, output.token)
+        return fees, issues, burns
 
     def _disconnect_tip(self) -> Block:
         """Undo the tip block, atomically: its outputs leave the UTXO set, the coins it spent return."""

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import select
 import signal
 import socket
@@ -54,11 +53,11 @@ log = logging.getLogger("epscoin.verify")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAX_JOB_BYTES = 1 << 20  # a job of SIGNATURE_CHUNK signatures is under 40 KB
+QUEUE_BYTES = 2 << 20  # asked of the kernel for the job queue (it doubles it, up to wmem_max)
 RESULT_WAIT = 0.5  # seconds between looks at the workers' health while waiting for verdicts
 JOB_TIMEOUT = 10.0  # a job unanswered this long is verified inline (its worker is stuck or gone)
 WORKER_NICENESS = 5  # added to the node's own (see serve)
 STOP_TIMEOUT = 2.0  # seconds a worker gets to leave once the queue closes
-_JOB_LINES = re.compile(r"(?:[0-9a-f]+ [0-9a-f]+ [0-9a-f]{64}\n)*")  # what a worker reads as the node meant it
 
 
 class Verdicts:
@@ -72,6 +71,10 @@ class Verdicts:
         if self._valid is None:
             self._valid = self._pool.wait(self._job)
         return self._valid
+
+    def cancel(self) -> None:
+        if self._valid is None:
+            self._pool.cancel(self._job)
 
 
 class SignatureWorkers:
@@ -96,10 +99,11 @@ class SignatureWorkers:
 
     def submit(self, checks: list[SignatureCheck]) -> Verdicts:
         """Queue a chunk for the workers; verified right here if it cannot be queued."""
+        if not all(_fits_a_line(check) for check in checks):
+            return Verdicts(self, None, _verify_all(checks))  # (never from the wire: it is hex there)
         lines = "".join(f"{c.pubkey} {c.signature} {c.message_hash.hex()}\n" for c in checks)
         with self._lock:
-            if self._closed or not _JOB_LINES.fullmatch(lines) or not self._start():
-                # (text that is not hex never comes from the wire: such a check is verified here)
+            if self._closed or not self._start():
                 return Verdicts(self, None, _verify_all(checks))
             job = self._next_job
             self._next_job += 1
@@ -121,10 +125,19 @@ class SignatureWorkers:
                     return self._done.pop(job)
                 if job not in self._out:  # (cannot happen: every job is answered once)
                     raise RuntimeError(f"signature job {job} is unknown")
+                if self._closed:  # no worker will answer now
+                    checks, _ = self._out.pop(job)
+                    return _verify_all(checks)
             if self._verify_a_queued_job():
                 continue
             self._read_answers(RESULT_WAIT)
             self._look_after_workers()
+
+    def cancel(self, job: int) -> None:
+        """Forget a job: a worker may still verify it, and its answer is dropped."""
+        with self._lock:
+            self._out.pop(job, None)
+            self._done.pop(job, None)
 
     def close(self) -> None:
         with self._lock:
@@ -144,6 +157,9 @@ class SignatureWorkers:
         if self._queue is None:
             self._queue = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._answers = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            # Room for a whole block's jobs (about 800 KB), where the kernel allows it
+            # (net.core.wmem_max); with less, the jobs that do not fit are verified here.
+            self._queue[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, QUEUE_BYTES)
         while len(self._workers) < self.size:
             try:
                 self._workers.append(self._spawn())
@@ -227,6 +243,13 @@ class SignatureWorkers:
         log.warning("[VERIFY] %s; verifying the waiting jobs inline", why)
         for job, (checks, sent) in self._out.items():
             self._out[job] = (checks, sent - JOB_TIMEOUT - 1)  # _look_after_workers takes them next
+
+
+def _fits_a_line(check: SignatureCheck) -> bool:
+    """Whether the check's text reaches a worker as it is: no spaces or line breaks (which
+    bytes.fromhex would skip inline), nothing but ASCII letters and digits."""
+    return check.pubkey.isalnum() and check.signature.isalnum() \
+        and check.pubkey.isascii() and check.signature.isascii()
 
 
 def _verify_all(checks: list[SignatureCheck]) -> list[bool]:

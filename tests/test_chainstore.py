@@ -1249,3 +1249,50 @@ def test_kill_9_inside_activate_best_chain_at_random_moments(backlogs, tmp_path)
         finally:
             store.close()
     assert sum(landed) >= 10, f"only {sum(landed)} of 12 kills landed before the process was done"
+
+
+# -- signatures verified ahead (roles/signature_workers.py) ---------------------------------------
+
+
+def _big_spend(chain: ChainBuilder, inputs: int, forged_input: int | None = None, time: int | None = None):
+    """A block spending `inputs` coinbases in one transaction, one signature forged if asked."""
+    tx = make_transaction([chain.coinbase_outpoint(h) for h in range(1, inputs + 1)], [(chain.miner, COIN)],
+                          chain.miner)
+    if forged_input is not None:
+        inputs_ = list(tx.inputs)
+        inputs_[forged_input] = dataclasses.replace(inputs_[forged_input], signature=tx.inputs[0].signature)
+        tx = dataclasses.replace(tx, inputs=tuple(inputs_))
+    return chain.make_block([tx], time=time)
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["verified ahead", "verified when connected"])
+def test_a_forged_signature_in_a_big_block_is_named_and_nothing_else_changes(open_store, ahead):
+    inputs = 300  # three jobs of 128 and a rest: the workers verify, and the caller
+    chain = ChainBuilder(REGTEST)
+    chain.add_blocks(inputs + REGTEST.coinbase_maturity)
+    store = open_store()
+    give(store, chain.blocks[1:])
+    before = utxo_of(store)
+    bad = _big_spend(chain, inputs, forged_input=200)
+    if ahead:
+        store.verify_ahead(bad)
+    change = give(store, [bad])
+    ((block_id, error),) = change.invalid
+    assert block_id == bad.block_id and error.code == "bad-txns-signature"
+    assert f"{bad.transactions[1].txid} input 200:" in error.reason
+    assert store.tip().block_id == chain.tip.block_id and utxo_of(store) == before
+    good = _big_spend(chain, inputs)
+    if ahead:
+        store.verify_ahead(good)
+    assert give(store, [good]).connected == [good]
+
+
+def test_blocks_verified_ahead_but_never_connected_are_let_go(open_store):
+    chain = ChainBuilder(REGTEST)
+    chain.add_blocks(200 + REGTEST.coinbase_maturity)
+    store = open_store()
+    give(store, chain.blocks[1:])
+    for second in range(10):  # ten different blocks, none of them stored
+        store.verify_ahead(_big_spend(chain, 200, time=chain.tip.header.time + 1 + second))
+    assert len(store._ahead) <= 4
+    assert len(store._verifier._out) + len(store._verifier._done) <= 4 * 2  # two jobs a block at most

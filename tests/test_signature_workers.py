@@ -208,3 +208,18 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_job_still_out_when_the_pool_closes_is_verified_by_whoever_asks(checks):
+    workers = SignatureWorkers(1)
+    pending = [workers.submit(chunk) for chunk in chunks(checks * 3)]
+    workers.close()
+    assert [valid for v in pending for valid in v.result()] == expected(checks * 3)
+
+
+def test_a_cancelled_job_is_forgotten(pool, checks):
+    kept, dropped = pool.submit(checks[:SIGNATURE_CHUNK]), pool.submit(checks[SIGNATURE_CHUNK:2 * SIGNATURE_CHUNK])
+    dropped.cancel()
+    assert kept.result() == expected(checks[:SIGNATURE_CHUNK])
+    answered_by_a_worker(pool, checks)  # whatever the workers still say about it comes and goes
+    assert not pool._out and not pool._done
