@@ -22,7 +22,6 @@ import secrets
 import socket
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -57,7 +56,7 @@ CRAWL_WORKERS = 4  # visits at once
 MAX_DISCOVERY_DELAY = 60.0  # seconds between DNS lookups while the node lacks addresses to dial
 BAN_REFRESH_INTERVAL = 60.0  # seconds between sweeps of expired bans
 SEND_RATE_MARGIN = 0.9  # our copy of a peer's addr bucket refills a little slower than the real one
-MAX_QUEUED_ADDRS = 1000  # relays waiting for a peer's rate limit; the oldest go first beyond this
+MAX_HELD_ADDRS = 10  # relays held for a peer whose bucket is empty: the freshest, one announcement's worth
 
 NEVER_BANNED = frozenset({"127.0.0.1", "::1"})  # this machine itself
 
@@ -100,20 +99,32 @@ class PeerRouting:
     last_ping_at: float = field(default_factory=time.monotonic)
     ping_ms: float | None = None
     last_announce: float = field(default_factory=time.monotonic)
-    # Our copy of the peer's addr bucket for us: what it would drop waits here instead.
+    # Our copy of the peer's addr bucket for us (it drops what finds no token), and the
+    # entries held until it has one: the freshest few, newest first (protocol.md §10.5).
     send_tokens: float = 1.0
     send_tokens_at: float = field(default_factory=time.monotonic)
-    send_queue: deque = field(default_factory=lambda: deque(maxlen=MAX_QUEUED_ADDRS))
+    held: list[AddressEntry] = field(default_factory=list)
 
-    def take_send_tokens(self, now: float, wanted: int) -> int:
-        """How many of `wanted` addr entries the peer will accept now (and count them as sent)."""
+    def send_tokens_now(self, now: float) -> float:
+        """The tokens the peer's bucket holds for us now, as far as we can tell."""
         if self.send_tokens < ADDR_BUCKET_SIZE:
             self.send_tokens = min(ADDR_BUCKET_SIZE, self.send_tokens
                                    + (now - self.send_tokens_at) * ADDR_RATE_PER_SECOND * SEND_RATE_MARGIN)
         self.send_tokens_at = now
-        granted = max(0, min(wanted, int(self.send_tokens)))
+        return self.send_tokens
+
+    def take_send_tokens(self, now: float, wanted: int) -> int:
+        """How many of `wanted` addr entries the peer will accept now (and count them as sent)."""
+        granted = max(0, min(wanted, int(self.send_tokens_now(now))))
         self.send_tokens -= granted
         return granted
+
+    def hold(self, entry: AddressEntry) -> None:
+        """Keep entry until the peer can take it; only the MAX_HELD_ADDRS freshest stay, newest first."""
+        if any(e.addr == entry.addr and e.time >= entry.time for e in self.held):
+            return
+        others = [e for e in self.held if e.addr != entry.addr]
+        self.held = sorted([entry, *others], key=lambda e: -e.time)[:MAX_HELD_ADDRS]  # stable: entry wins ties
 
     def take_token(self, now: float) -> bool:
         # As Bitcoin: the refill stops at the bucket size, but a getaddr bonus may lift it above.
@@ -271,28 +282,65 @@ class RoutingRole(Role):
         return is_routable(host, self.scope) and (host, port) not in own and 0 < port
 
     def _relay(self, entry: AddressEntry, source: Peer) -> None:
-        """Forward a fresh announcement to two random node peers that have not seen it."""
-        by_node: dict[int, Peer] = {}  # one connection per node: A->B and B->A are one neighbour
-        for p in self.node.ready_peers():
-            if p is not source and p.version.services & NODE_NETWORK and entry.addr not in self._peer_state(p).known \
-                    and p.version.nonce != source.version.nonce:
-                by_node.setdefault(p.version.nonce, p)
-        targets = list(by_node.values())
-        for target in random.sample(targets, min(ADDR_RELAY_FANOUT, len(targets))):
-            self._peer_state(target).known.add(entry.addr)
-            self._send_addrs(target, [entry])
+        """Forward a fresh announcement to two random node peers that have not seen it.
 
-    def _send_addrs(self, peer: Peer, entries: list[AddressEntry]) -> None:
-        """Announce entries to peer as fast as its rate limit takes them; the rest wait for tick()."""
-        state = self._peer_state(peer)
+        The two are drawn first from the neighbours whose bucket takes the entry now, so it
+        travels on at once wherever it can; only when fewer than two can take it is it held
+        for the others, until their buckets refill (protocol.md §10.5, "Pacing").
+        """
+        now = time.monotonic()
+        links = self._relay_links(entry.addr, source, now)
         with self._lock:
-            state.send_queue.extend(entries)
-        self._flush_addrs(peer, state, time.monotonic())
+            ready = [peer for peer, state in links if state.send_tokens_now(now) >= 1]
+        waiting = [peer for peer, _ in links if peer not in ready]
+        chosen = random.sample(ready, min(ADDR_RELAY_FANOUT, len(ready)))
+        chosen += random.sample(waiting, min(ADDR_RELAY_FANOUT - len(chosen), len(waiting)))
+        states = dict(links)
+        for target in chosen:
+            self._offer(target, states[target], entry, now)
 
-    def _flush_addrs(self, peer: Peer, state: PeerRouting, now: float) -> None:
+    def _relay_links(self, address: str, source: Peer, now: float) -> list[tuple[Peer, PeerRouting]]:
+        """One connection to each node peer that may get address: not source's node, none of its links knows it.
+
+        A->B and B->A are one neighbour. Of the two, take the one whose bucket for us holds
+        more: the link the other node dialled, after its getaddr, takes 1,000 entries at once;
+        the link we dialled, 1 and then 0.1 a second.
+        """
+        by_node: dict[int, list[Peer]] = {}
+        for peer in self.node.ready_peers():
+            if peer.version.services & NODE_NETWORK and peer is not source:
+                by_node.setdefault(_node_key(peer), []).append(peer)
+        by_node.pop(_node_key(source), None)
+        links = []
+        for peers in by_node.values():
+            states = [(peer, self._peer_state(peer)) for peer in peers]
+            if any(address in state.known for _, state in states):
+                continue
+            with self._lock:
+                links.append(max(states, key=lambda link: link[1].send_tokens_now(now)))
+        return links
+
+    def _offer(self, peer: Peer, state: PeerRouting, entry: AddressEntry, now: float) -> None:
+        """Send entry to peer now if its bucket takes it, else hold it there until tick() can."""
         with self._lock:
-            count = state.take_send_tokens(now, min(len(state.send_queue), ADDR_RELAY_MAX_ENTRIES))
-            batch = [state.send_queue.popleft() for _ in range(count)]
+            state.hold(entry)
+        self._send_held(peer, state, now)
+
+    def _send_held(self, peer: Peer, state: PeerRouting, now: float) -> None:
+        """Send what peer's bucket takes now of its held entries, newest first, up to 10 in one addr.
+
+        An entry is marked known only here, when it leaves: until then another node may still
+        bring it to this peer. Entries the peer has sent us meanwhile, and entries no longer
+        fresh (the peer would not relay them on), are dropped.
+        """
+        wall = int(time.time())
+        with self._lock:
+            state.held = [e for e in state.held
+                          if 0 <= wall - e.time <= ADDR_RELAY_FRESHNESS and e.addr not in state.known]
+            count = state.take_send_tokens(now, min(len(state.held), ADDR_RELAY_MAX_ENTRIES))
+            batch, state.held = state.held[:count], state.held[count:]
+        for entry in batch:
+            state.known.add(entry.addr)
         if batch:
             peer.send(Addr(addrs=tuple(batch)))
 
@@ -318,8 +366,7 @@ class RoutingRole(Role):
         if not is_routable(host, self.scope):
             return  # listening on 0.0.0.0 or similar: no address others could dial
         entry = AddressEntry(addr=format_address(host, port), services=self.node.services, time=int(time.time()))
-        self._peer_state(peer).known.add(entry.addr)
-        self._send_addrs(peer, [entry])
+        self._offer(peer, self._peer_state(peer), entry, time.monotonic())
 
     # -- misbehaviour and bans -------------------------------------------------------
 
@@ -406,8 +453,8 @@ class RoutingRole(Role):
     def tick(self, now: float) -> None:
         for peer in self.node.ready_peers():
             state = self._peer_state(peer)
-            if state.send_queue:
-                self._flush_addrs(peer, state, now)
+            if state.held:
+                self._send_held(peer, state, now)
         self._keepalive(now)
         self._announce_periodically(now)
         if not self.config.connect_only:
@@ -537,6 +584,11 @@ class RoutingRole(Role):
         finally:
             with self._lock:
                 self._crawling.discard(format_address(host, port))
+
+
+def _node_key(peer: Peer) -> int:
+    """The same for every connection to one node: its version nonce (a nonce of 0 proves nothing)."""
+    return peer.version.nonce or id(peer)
 
 
 def _resolve(host: str, port: int) -> list[tuple[str, int]]:
