@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import ipaddress
 import logging
 import secrets
@@ -32,6 +33,7 @@ from protocol.addresses import Scope, format_address, parse_host_port, scope_of
 from protocol.framing import DISCONNECT_MESSAGE, PORT, FrameError, encode_frame
 from protocol.messages import (MESSAGE_TYPES, Chat, Error, Goodbye, Message, MessageError, Version,
                                decode_message)
+from protocol.messages.handshake import NODE_NETWORK
 from roles import FULL_NODE_ROLES, ROLE_TYPES, CoreRole, Role
 from roles.base import Handler
 from roles.console import OneLineErrorParser, configure_logging
@@ -39,6 +41,7 @@ from roles.demo_network import FIRST_HOST as FIRST_DEMO_HOST
 from roles.demo_network import run_demo
 from roles.dns_seed import seed_listen_address
 from roles.peer import MAX_SEND_BUFFER, Direction, Peer, SendFlusher
+from roles.seen import SeenFilter
 from protocol.networks import NETWORKS, Network
 from roles.blockchain import BlockchainConfig
 from roles.mining import MiningConfig
@@ -48,6 +51,7 @@ __version__ = "0.1.0"
 
 log = logging.getLogger("epscoin.node")
 
+FLOODED_COPIES = 5_000  # flooded payloads handled, remembered so that later copies are dropped undecoded
 LISTEN_BACKLOG = 4096  # the default of 5 (or 128) turns 1,000 quick connects into seconds of SYN retries
 DIAL_TIMEOUT = 5.0  # seconds to wait for an outbound TCP connect
 MAX_DIAL_BACKOFF = 60.0  # seconds between retries of a failing --connect
@@ -220,6 +224,9 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         for role in self.roles:
             for command, handler in role.handlers().items():
                 self._handlers.setdefault(command, []).append(handler)
+        self._flooded_commands = frozenset(command for command in self._handlers
+                                           if command in MESSAGE_TYPES and MESSAGE_TYPES[command].flooded)
+        self._handled_floods = SeenFilter(FLOODED_COPIES)  # digests of flooded payloads from node peers
 
     # -- life cycle -------------------------------------------------------
 
@@ -492,6 +499,10 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
             peer.send(Goodbye("you sent !exit"))
             peer.close("peer sent !exit")
             return False
+        flood_key = self._flood_key(peer, msg)
+        if flood_key is not None and flood_key in self._handled_floods:
+            log.debug("[FLOOD COPY] %s sent a copy of a flood already handled: dropped undecoded", peer.address)
+            return True
         try:
             message = decode_message(msg)
             if message is None:
@@ -508,7 +519,26 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 self.misbehaving(peer, error.penalty, str(error))
             return not peer.closing
         self.dispatch(peer, message)
+        if flood_key is not None:
+            self._handled_floods.add(flood_key)
         return not peer.closing
+
+    def _flood_key(self, peer: Peer, msg: str) -> bytes | None:
+        """What identifies a node peer's copy of a flooded message (a digest of its bytes), else None.
+
+        A flood brings one copy per link, byte for byte the same. Decoding all but the first,
+        only for the role's own filter to drop them, was a node's largest cost in a flood. A
+        payload is remembered once it has been handled (process), so no copy is dropped before
+        one was. Only a ready node peer's copies are skipped: a person's client gets its ack
+        every time. A copy encoded differently (another implementation) is decoded, and the
+        chat role's id filter drops it. A digest, not the payload, keeps the memory small:
+        5,000 lines of 1,000 characters could hold 20 MB.
+        """
+        if not (peer.ready and peer.version.services & NODE_NETWORK):
+            return None
+        if msg.partition(" ")[0] not in self._flooded_commands:
+            return None
+        return hashlib.blake2b(msg.encode(), digest_size=16).digest()
 
     def dispatch(self, peer: Peer, message: Message) -> None:
         """Hand a message to every role that handles its command."""

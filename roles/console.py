@@ -54,6 +54,10 @@ class ConsoleFormatter(logging.Formatter):
 def configure_logging(level: str, colour: bool) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(ConsoleFormatter(colour))
+    # The logging HOWTO's "Optimization": no caller lookup (a walk up the stack) and no thread or
+    # process names for each line, since ConsoleFormatter prints none of them.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger("epscoin")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

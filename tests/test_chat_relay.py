@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 
 import pytest
 
 from protocol.messages import Ack, Chat, Error
+from protocol.messages.handshake import NODE_NETWORK
 
 from tests.node_tools import frames_until_pong, local_port
 from tests.support import count_lines, wait_until
@@ -22,6 +24,10 @@ from tests.support import count_lines, wait_until
 
 def chats(messages) -> list[Chat]:
     return [message for message in messages if isinstance(message, Chat)]
+
+
+def acks(messages) -> list[Ack]:
+    return [message for message in messages if isinstance(message, Ack)]
 
 
 # -- one node ------------------------------------------------------------------------------
@@ -75,6 +81,52 @@ def test_the_same_chat_id_sent_twice_is_relayed_once(node):
         relayed = chats(frames_until_pong(listener, 2))
         assert relayed == [Chat(id="same-id-1", sender="10.1.2.3:5050", text="said twice")]
         assert count_lines(node.log(), "[10.1.2.3:5050] said twice") == 1
+
+
+def test_a_node_peers_copies_of_a_handled_line_are_dropped_undecoded_a_clients_are_still_acked(start_node):
+    """A flood brings the same bytes over every link; the node decodes the first copy only.
+
+    The skip itself shows at --log-level debug as a `[FLOOD COPY]` line, one per dropped copy:
+    the relays, the console and the acks are the same as without it, which is the point.
+    """
+    node = start_node("--log-level", "debug")
+    line = 'chat {"id":"flood-1","from":"10.1.2.3:5050","text":"one flood"}'
+    reordered = 'chat {"text": "one flood", "from": "10.1.2.3:5050", "id": "flood-1"}'  # same id, other bytes
+    with node.connect() as first, node.connect() as second, node.connect() as client, \
+            node.connect() as listener:
+        for peer in (first, second):
+            peer.handshake(services=NODE_NETWORK, nonce=secrets.randbits(63) | 1)
+        client.handshake()
+        listener.handshake()
+
+        def skipped() -> int:
+            return count_lines(node.log(), "[FLOOD COPY]")
+
+        first.send(line)
+        assert not acks(frames_until_pong(first, 2)), "a ready node peer got an ack"
+        assert chats(frames_until_pong(listener, 3)) == [Chat(id="flood-1", sender="10.1.2.3:5050", text="one flood")]
+        assert skipped() == 0, "the first copy must be handled, not dropped"
+
+        second.send(line)  # the same bytes from another node peer: dropped before decoding
+        assert not acks(frames_until_pong(second, 4)) and skipped() == 1
+        first.send(line)  # and again from the first
+        assert not acks(frames_until_pong(first, 5)) and skipped() == 2
+        second.send(reordered)  # other bytes: decoded, then the chat role's id filter drops it
+        assert not acks(frames_until_pong(second, 6)) and skipped() == 2
+        second.send(reordered)  # those bytes are handled now too
+        assert not acks(frames_until_pong(second, 7)) and skipped() == 3
+        client.send(line)  # a person's client is answered, every time
+        assert acks(frames_until_pong(client, 8)) == [Ack(id="flood-1")] and skipped() == 3
+
+        assert chats(frames_until_pong(listener, 9)) == [], "a copy was relayed again"
+        assert count_lines(node.log(), "[10.1.2.3:5050] one flood") == 1
+
+        # A copy that was refused was never handled: the same bytes again are decoded, and refused again.
+        refused = 'chat {"id":"flood-2","from":"10.1.2.3:5050","text":"\\u001b[31mred"}'
+        for peer in (first, second):
+            peer.send(refused)
+            errors = [m for m in frames_until_pong(peer, 10) if isinstance(m, Error)]
+            assert [e.about for e in errors] == ["chat"] and skipped() == 3, errors
 
 
 def test_a_line_of_exactly_1000_characters_is_relayed(node):

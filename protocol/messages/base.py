@@ -42,6 +42,9 @@ class Message:
     # Answers (verack, pong, ack, error, goodbye) are never answered in turn,
     # so two nodes can never bounce frames back and forth forever.
     is_answer: ClassVar[bool] = False
+    # Flooded messages (chat) are relayed unchanged and encoded one way, so a flood brings the
+    # same bytes over every link: a node may drop a copy it has handled before, undecoded.
+    flooded: ClassVar[bool] = False
 
     @classmethod
     def from_body(cls: type[M], body: dict[str, Any]) -> M:

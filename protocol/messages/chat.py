@@ -26,6 +26,7 @@ class Chat(Message):
     """A chat line. `id` is unique per line, so every node relays it exactly once."""
 
     command = "chat"
+    flooded = True
 
     id: str
     sender: str  # "from" on the wire: the address of the peer that typed the line
