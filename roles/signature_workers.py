@@ -103,19 +103,26 @@ class SignatureWorkers:
             return Verdicts(self, None, _verify_all(checks))  # (never from the wire: it is hex there)
         lines = "".join(f"{c.pubkey} {c.signature} {c.message_hash.hex()}\n" for c in checks)
         with self._lock:
-            if self._closed or not self._start():
-                return Verdicts(self, None, _verify_all(checks))
-            job = self._next_job
-            self._next_job += 1
-            try:
-                self._queue[0].send(f"{job}\n{lines}".encode("ascii"), socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return Verdicts(self, None, _verify_all(checks))  # every worker is behind: help now
-            except OSError as error:
-                self._give_up(f"cannot queue a job: {error}")
-                return Verdicts(self, None, _verify_all(checks))
-            self._out[job] = (checks, time.monotonic())
+            job = self._queue_job(lines, checks)
+        if job is None:  # verified here, outside the lock, so a waiting thread is not held up
+            return Verdicts(self, None, _verify_all(checks))
         return Verdicts(self, job)
+
+    def _queue_job(self, lines: str, checks: list[SignatureCheck]) -> int | None:
+        """Lock held. The job's number once queued; None when it cannot be, or every worker is behind."""
+        if self._closed or not self._start():
+            return None
+        job = self._next_job
+        self._next_job += 1
+        try:
+            self._queue[0].send(f"{job}\n{lines}".encode("ascii"), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None  # the queue is full: the caller helps now
+        except OSError as error:
+            self._give_up(f"cannot queue a job: {error}")
+            return None
+        self._out[job] = (checks, time.monotonic())
+        return job
 
     def wait(self, job: int) -> list[bool]:
         """The verdicts of `job`: verify queued jobs here meanwhile, then wait for the workers."""
