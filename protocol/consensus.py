@@ -14,7 +14,6 @@ checks come in Bitcoin's three layers:
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from typing import Callable, NamedTuple, Protocol, Sequence
 
 from protocol.block import Block, BlockHeader, bits_to_target, target_to_bits
@@ -22,7 +21,7 @@ from protocol.coin_address import decode_address, pubkey_hash
 from protocol.networks import Network
 from protocol.tokens import MAX_TOKEN_SUPPLY
 from protocol.transaction import (MAX_MONEY, MAX_TX_SIZE, OutPoint, SignatureCheck, Transaction,
-                                  verify_signature)
+                                  verify_all)
 
 MAX_FUTURE_BLOCK_TIME = 2 * 60 * 60  # Bitcoin's MAX_FUTURE_BLOCK_TIME: two hours
 MEDIAN_TIME_SPAN = 11  # blocks in the median time past
@@ -292,10 +291,6 @@ class SignaturePool(Protocol):
     def submit(self, checks: list[SignatureCheck]) -> SignatureVerdicts: ...
 
 
-def _verify_all(checks: list[SignatureCheck]) -> list[bool]:
-    return [verify_signature(check) for check in checks]
-
-
 class SignatureBatch:
     """A block's deferred signature checks (check_inputs appends them), handed to the pool in chunks
     as they arrive: the pool verifies while the caller goes on checking the block's other inputs."""
@@ -319,7 +314,7 @@ class SignatureBatch:
 
     def check(self) -> None:
         """ConsensusError for the first invalid signature, in the order they were appended."""
-        rest = _verify_all([check for _, _, check in self._pending])  # here, while the pool finishes
+        rest = verify_all([check for _, _, check in self._pending])  # here, while the pool finishes
         for chunk, verdicts in [(c, v.result()) for c, v in self._submitted] + [(self._pending, rest)]:
             for (tx, index, _), valid in zip(chunk, verdicts):
                 if not valid:

@@ -291,5 +291,10 @@ def verify_signature(check: SignatureCheck) -> bool:
         return False
 
 
+def verify_all(checks: list[SignatureCheck]) -> list[bool]:
+    """verify_signature for each check, in order."""
+    return [verify_signature(check) for check in checks]
+
+
 def coinbase_transaction(height: int, outputs: tuple[TxOut, ...], data: str = "") -> Transaction:
     return Transaction(inputs=(TxIn(prevout=None, coinbase_height=height, coinbase_data=data),), outputs=outputs)

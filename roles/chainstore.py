@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -223,9 +222,8 @@ class ChainStore:
             return self._db.execute("SELECT 1 FROM blocks WHERE id = ?", (block_id,)).fetchone() is not None
 
     def block(self, block_id: str) -> Block | None:
-        with self.lock:
-            row = self._db.execute("SELECT data FROM blocks WHERE id = ?", (block_id,)).fetchone()
-        return Block.from_json(json.loads(row[0])) if row else None
+        data = self.block_data(block_id)
+        return Block.from_json(json.loads(data)) if data is not None else None
 
     def block_data(self, block_id: str) -> bytes | None:
         """A stored block's canonical JSON, for sending it on without parsing it."""

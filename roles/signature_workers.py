@@ -47,7 +47,7 @@ import threading
 import time
 from pathlib import Path
 
-from protocol.transaction import SignatureCheck, verify_signature
+from protocol.transaction import SignatureCheck, verify_all, verify_signature
 
 log = logging.getLogger("epscoin.verify")
 
@@ -91,6 +91,7 @@ class SignatureWorkers:
         self._out: dict[int, tuple[list[SignatureCheck], float]] = {}  # job -> (checks, sent at), unanswered
         self._done: dict[int, list[bool]] = {}
         self._next_job = 0
+        self._distrusted = False  # an answer broke the protocol: the jobs out are verified inline
         self._closed = False
 
     @property
@@ -100,12 +101,12 @@ class SignatureWorkers:
     def submit(self, checks: list[SignatureCheck]) -> Verdicts:
         """Queue a chunk for the workers; verified right here if it cannot be queued."""
         if not all(_fits_a_line(check) for check in checks):
-            return Verdicts(self, None, _verify_all(checks))  # (never from the wire: it is hex there)
+            return Verdicts(self, None, verify_all(checks))  # (never from the wire: it is hex there)
         lines = "".join(f"{c.pubkey} {c.signature} {c.message_hash.hex()}\n" for c in checks)
         with self._lock:
             job = self._queue_job(lines, checks)
         if job is None:  # verified here, outside the lock, so a waiting thread is not held up
-            return Verdicts(self, None, _verify_all(checks))
+            return Verdicts(self, None, verify_all(checks))
         return Verdicts(self, job)
 
     def _queue_job(self, lines: str, checks: list[SignatureCheck]) -> int | None:
@@ -134,7 +135,7 @@ class SignatureWorkers:
                     raise RuntimeError(f"signature job {job} is unknown")
                 if self._closed:  # no worker will answer now
                     checks, _ = self._out.pop(job)
-                    return _verify_all(checks)
+                    return verify_all(checks)
             if self._verify_a_queued_job():
                 continue
             self._read_answers(RESULT_WAIT)
@@ -195,7 +196,7 @@ class SignatureWorkers:
             job = int(data.split(b"\n", 1)[0])
             checks, _ = self._out.pop(job, (None, 0.0))
         if checks is not None:
-            verdicts = _verify_all(checks)
+            verdicts = verify_all(checks)
             with self._lock:
                 self._done[job] = verdicts
         return True
@@ -229,7 +230,7 @@ class SignatureWorkers:
             dead = [worker for worker in self._workers if worker.poll() is not None]
             now = time.monotonic()
             stuck = any(now - sent > JOB_TIMEOUT for _, sent in self._out.values())
-            if not (dead or stuck):
+            if not (dead or stuck or self._distrusted):
                 return
             for worker in dead:
                 log.warning("[VERIFY] signature worker %d exited with %s; its jobs are verified inline",
@@ -239,17 +240,17 @@ class SignatureWorkers:
                 log.warning("[VERIFY] a signature job waited over %g s; verifying the waiting jobs inline",
                             JOB_TIMEOUT)
             lost, self._out = self._out, {}
+            self._distrusted = False
             if not self._closed:
                 self._start()
-        verdicts = {job: _verify_all(checks) for job, (checks, _) in lost.items()}
+        verdicts = {job: verify_all(checks) for job, (checks, _) in lost.items()}
         with self._lock:
             self._done.update(verdicts)
 
     def _give_up(self, why: str) -> None:
-        """Lock held. A worker misbehaved: every job out is verified inline by the waiting thread."""
+        """Lock held. A worker misbehaved: _look_after_workers verifies every job out inline next."""
         log.warning("[VERIFY] %s; verifying the waiting jobs inline", why)
-        for job, (checks, sent) in self._out.items():
-            self._out[job] = (checks, sent - JOB_TIMEOUT - 1)  # _look_after_workers takes them next
+        self._distrusted = True
 
 
 def _fits_a_line(check: SignatureCheck) -> bool:
@@ -257,10 +258,6 @@ def _fits_a_line(check: SignatureCheck) -> bool:
     bytes.fromhex would skip inline), nothing but ASCII letters and digits."""
     return check.pubkey.isalnum() and check.signature.isalnum() \
         and check.pubkey.isascii() and check.signature.isascii()
-
-
-def _verify_all(checks: list[SignatureCheck]) -> list[bool]:
-    return [verify_signature(check) for check in checks]
 
 
 def _reap(worker: subprocess.Popen) -> None:
