@@ -704,7 +704,7 @@ class Profile:
             stack, _, count = line.rpartition(" ")
             if not stack or not count.isdigit():
                 continue
-            frames = [_name(frame) for frame in stack.split(";")]
+            frames = [py_spy_frame_name(frame) for frame in stack.split(";")]
             samples = int(count)
             total += samples
             for name in set(frames):
@@ -725,7 +725,7 @@ class Profile:
                 if name.startswith(("roles/", "protocol/")) and not name.endswith(":<module>")]
 
 
-def _name(frame: str) -> str:
+def py_spy_frame_name(frame: str) -> str:
     """`check_inputs (protocol/consensus.py:171)` -> `protocol/consensus.py:check_inputs`."""
     match = _FRAME.match(frame.strip())
     if not match:

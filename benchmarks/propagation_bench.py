@@ -1438,7 +1438,6 @@ PROFILE_LINES = 60  # lines flooded in each network while it is sampled
 PERF_FREQUENCY = 1999  # perf samples per second of CPU
 PYSPY_RATE = 1000  # py-spy samples per second
 PROFILED_NODES = 3  # py-spy: the DNS seed (the hub) and two other nodes
-_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _SYSCALL = re.compile(r"__(?:x64|ia32|se|do)_sys_(\w+)")
 
 # What a system call is for, in a flood.
@@ -1542,17 +1541,6 @@ def read_perf(path: Path) -> tuple[int, Counter[str]]:
     return sum(categories.values()), categories
 
 
-def _frame_name(frame: str) -> str:
-    """`read_frame (/x/protocol/framing.py:92)` -> `protocol/framing.py:read_frame`."""
-    match = _FRAME.match(frame.strip())
-    if not match:
-        return frame.strip()
-    file = match.group("file").removeprefix(str(ROOT) + "/")
-    if "/lib/python" in file:
-        file = file.split("/lib/python", 1)[1].split("/", 1)[-1]
-    return f"{file}:{match.group('func')}"
-
-
 @dataclass
 class PythonSamples:
     """py-spy's raw output (`frame;frame;...;frame COUNT`, outermost first): samples per node function."""
@@ -1563,6 +1551,7 @@ class PythonSamples:
 
     @classmethod
     def read(cls, paths: Iterable[Path]) -> PythonSamples:
+        from benchmarks.chain_bench import py_spy_frame_name  # only with --profile: chain_bench imports the node
         inclusive: Counter[str] = Counter()
         leaves: Counter[str] = Counter()
         total = 0
@@ -1573,7 +1562,7 @@ class PythonSamples:
                 stack, _, count = line.rpartition(" ")
                 if not stack or not count.isdigit():
                     continue
-                frames = [_frame_name(frame) for frame in stack.split(";")]
+                frames = [py_spy_frame_name(frame) for frame in stack.split(";")]
                 total += int(count)
                 for name in set(frames):
                     inclusive[name] += int(count)
