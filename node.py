@@ -34,7 +34,7 @@ from protocol.framing import DISCONNECT_MESSAGE, PORT, FrameError, encode_frame
 from protocol.messages import (MESSAGE_TYPES, Chat, Error, Goodbye, Message, MessageError, Version,
                                decode_message)
 from protocol.messages.handshake import NODE_NETWORK
-from roles import FULL_NODE_ROLES, ROLE_TYPES, CoreRole, Role
+from roles.registry import FULL_NODE_ROLES, ROLE_TYPES, CoreRole, Role
 from roles.base import Handler
 from roles.console import OneLineErrorParser, configure_logging
 from roles.demo_network import FIRST_HOST as FIRST_DEMO_HOST
@@ -276,7 +276,8 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         if self._started:
             self.shutdown()  # waits for serve_forever to return
         self.server_close()
-        peers = self.peers()
+        with self._peers_lock:  # now: a closed peer leaves _peers before its on_disconnect hook has run
+            peers, threads = list(self._peers), list(self._peers.values())
         for peer in peers:
             peer.send(Goodbye("node shutting down"))
         deadline = time.monotonic() + STOP_FLUSH_TIME
@@ -285,8 +286,6 @@ class Node(socketserver.ThreadingMixIn, socketserver.TCPServer):
         for peer in peers:
             peer.close("node shutting down")
         deadline = time.monotonic() + 2.0
-        with self._peers_lock:
-            threads = list(self._peers.values())
         for thread in threads + self._service_threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))

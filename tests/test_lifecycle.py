@@ -47,7 +47,7 @@ def test_a_signal_makes_the_node_say_goodbye_to_every_peer_and_exit_0_within_5_s
             pytest.fail(f"the node was still running 5 s after {signum.name}:\n{node.log()}")
     assert code == 0, node.log()
     assert "[STOPPED] Node stopped." in node.log()
-    assert "Traceback" not in node.log()
+    assert "Traceback" not in node.log(), node.log()
 
 
 # node.py, with a signal sent to itself the moment start() returns: the node is listening and
