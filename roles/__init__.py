@@ -1,26 +1,6 @@
 """What one node chooses to do, one role per module.
 
-ROLE_TYPES maps the names accepted by `node.py --roles` to their classes;
-FULL_NODE_ROLES is what a node runs when no --roles is given. The core role
-(handshake, ping) always runs and is not listed.
+roles/registry.py lists them by the names `node.py --roles` accepts. This
+package imports nothing itself, so a process that needs one module (a
+signature worker needs roles/signature_workers.py) does not load every role.
 """
-
-from roles.base import NodeContext, Role
-from roles.blockchain import BlockchainRole
-from roles.chat import ChatRole
-from roles.core import CoreRole
-from roles.mining import MiningRole
-from roles.wallet_services import WalletServicesRole
-from roles.routing import RoutingRole
-
-ROLE_TYPES: dict[str, type[Role]] = {
-    RoutingRole.name: RoutingRole,
-    BlockchainRole.name: BlockchainRole,
-    ChatRole.name: ChatRole,
-    MiningRole.name: MiningRole,
-    WalletServicesRole.name: WalletServicesRole,
-}
-
-FULL_NODE_ROLES: tuple[str, ...] = ("routing", "blockchain", "chat")
-
-__all__ = ["FULL_NODE_ROLES", "ROLE_TYPES", "ChatRole", "CoreRole", "NodeContext", "Role", "RoutingRole", "BlockchainRole", "MiningRole", "WalletServicesRole"]
