@@ -25,9 +25,12 @@ and its answer, on a second socket pair, is "JOB_ID VERDICTS", one "1"
 
 As in Bitcoin's CCheckQueue, the thread that would wait works instead: when
 the queue is full it verifies the chunk itself, and when it needs the
-verdicts it first takes the jobs no worker has started (the socket is its to
-read too). Workers verify with protocol.transaction.verify_signature, the
-function the node uses inline, so a verdict never depends on who made it.
+verdicts of a job no worker has started yet, it takes that job (and any
+older one) from the queue itself (the socket is its to read too). It leaves
+newer jobs to the workers: they belong to blocks it has not reached, and
+this thread has the Python work of those blocks to do. Workers verify with
+protocol.transaction.verify_signature, the function the node uses inline,
+so a verdict never depends on who made it.
 A worker that dies or stops answering costs time, not correctness: the jobs
 still out are verified inline, the worker is replaced, and a warning is
 logged. Workers leave when the node's end of the queue closes, so they never
@@ -53,6 +56,7 @@ log = logging.getLogger("epscoin.verify")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAX_JOB_BYTES = 1 << 20  # a job of SIGNATURE_CHUNK signatures is under 40 KB
+JOB_ID_BYTES = 24  # enough of a job to read its number (and the line break after it)
 QUEUE_BYTES = 2 << 20  # asked of the kernel for the job queue (it doubles it, up to wmem_max)
 RESULT_WAIT = 0.5  # seconds between looks at the workers' health while waiting for verdicts
 JOB_TIMEOUT = 10.0  # a job unanswered this long is verified inline (its worker is stuck or gone)
@@ -98,6 +102,12 @@ class SignatureWorkers:
     def started(self) -> int:
         return len(self._workers)
 
+    def start(self) -> None:
+        """Start the workers now rather than with the first job, so they are ready when it comes."""
+        with self._lock:
+            if not self._closed:
+                self._start()
+
     def submit(self, checks: list[SignatureCheck]) -> Verdicts:
         """Queue a chunk for the workers; verified right here if it cannot be queued."""
         if not all(_fits_a_line(check) for check in checks):
@@ -136,7 +146,7 @@ class SignatureWorkers:
                 if self._closed:  # no worker will answer now
                     checks, _ = self._out.pop(job)
                     return verify_all(checks)
-            if self._verify_a_queued_job():
+            if self._verify_a_queued_job(up_to=job):
                 continue
             self._read_answers(RESULT_WAIT)
             self._look_after_workers()
@@ -184,12 +194,16 @@ class SignatureWorkers:
         return subprocess.Popen([sys.executable, "-c", program], env=env, pass_fds=(jobs, answers),
                                 stdin=subprocess.DEVNULL)
 
-    def _verify_a_queued_job(self) -> bool:
-        """Take one job no worker has started, and verify it on this thread."""
+    def _verify_a_queued_job(self, up_to: int) -> bool:
+        """Take the job no worker has started yet, if it is job `up_to` or older, and verify it here."""
         with self._lock:
             if self._queue is None:
                 return False
             try:
+                # The queue is first in, first out: a look at its head tells whether job up_to is still in it.
+                head = self._queue[1].recv(JOB_ID_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                if int(head.split(b"\n", 1)[0]) > up_to:
+                    return False  # a worker has it: its answer comes sooner than a chunk verified here
                 data = self._queue[1].recv(MAX_JOB_BYTES, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return False

@@ -150,6 +150,21 @@ def test_a_full_queue_is_verified_by_the_caller(checks):
         workers.close()
 
 
+def test_a_waiting_caller_takes_only_its_own_job_or_older_from_the_queue(checks):
+    workers = SignatureWorkers(1)
+    try:
+        answered_by_a_worker(workers, checks)
+        many = checks * 12  # about 40 jobs: a third of a second of the worker's time
+        pending = [workers.submit(chunk) for chunk in chunks(many)]
+        assert pending[0].result() == expected(many[:SIGNATURE_CHUNK])
+        # The newer jobs are left to the worker (a caller that took them all would leave none queued).
+        assert not queue_taken(workers)
+        assert pending[-1].result() == expected(chunks(many)[-1])  # the caller helps with these now
+        assert [valid for v in pending for valid in v.result()] == expected(many)
+    finally:
+        workers.close()
+
+
 def test_the_worker_side_answers_bad_lines_with_invalid():
     good = signed_checks(2, forged_every=99)
     lines = "".join(f"{c.pubkey} {c.signature} {c.message_hash.hex()}\n" for c in good)
