@@ -47,6 +47,7 @@ MAX_ORPHAN_TRANSACTIONS = 100  # Bitcoin's DEFAULT_MAX_ORPHAN_TRANSACTIONS
 INVALID_PENALTY = 100  # an invalid block or transaction: ban, as Bitcoin does for consensus failures
 KNOWN_INVENTORY_PER_PEER = 50_000
 HEADERS_RETRY_INTERVAL = 30.0  # seconds: ask again for headers while a peer claims more than we have
+HOLD_TIMEOUT = 0.5  # seconds a received block waits for the next before tick connects it anyway
 # Refused without misbehaviour points: clocks differ, so a block "from the future" may be honest
 # (Bitcoin does not punish BLOCK_TIME_FUTURE either); it can be accepted later.
 UNPUNISHED_CODES = frozenset({"time-too-new"})
@@ -94,6 +95,7 @@ class BlockchainRole(Role):
         self._progress_at = 0.0
         self._progress_height = 0
         self._stalled: dict[str, dict[Peer, float]] = {}  # block id -> peers that stalled on it, and when
+        self._held: tuple[str, float] | None = None  # (block id, since when): stored, not yet connected
 
     # -- what other parts of the node read ----------------------------------------------------------
 
@@ -165,6 +167,8 @@ class BlockchainRole(Role):
             state.known.add(header.block_id)
         if len(message.headers) == MAX_HEADERS:  # there may be more
             self._send_getheaders(peer, [message.headers[-1].block_id])
+        if self.store.best_header().height - self.store.height > MAX_BLOCKS_IN_FLIGHT_PER_PEER:
+            self.store.prepare_to_sync()  # a sync begins: the signature workers start before its blocks come
         self._request_blocks()
 
     def _request_blocks(self) -> None:
@@ -258,12 +262,21 @@ class BlockchainRole(Role):
                 self._block_source[block.block_id] = source
                 while len(self._block_source) > 4 * MAX_ORPHAN_BLOCKS:
                     self._block_source.popitem(last=False)
-            self._activate()
             with self._lock:
-                block = self._orphan_blocks.pop(block.block_id, None)  # a waiting child?
+                child = self._orphan_blocks.pop(block.block_id, None)  # a waiting child?
+            self._activate(hold=block.block_id if child is None and self._more_blocks_coming(block.block_id) else None)
+            block = child
 
-    def _activate(self) -> None:
-        change = self.store.activate_best_chain()
+    def _more_blocks_coming(self, block_id: str) -> bool:
+        """Whether blocks other than this one are on their way from peers."""
+        with self._lock:
+            return any(other != block_id for state in self._peers.values() for other in state.in_flight)
+
+    def _activate(self, hold: str | None = None) -> None:
+        # Pipelining the sync: the block just received is connected once the next one is in (or by
+        # tick), so the signature workers verify it while this thread parses the next.
+        self._held = (hold, time.monotonic()) if hold is not None else None
+        change = self.store.activate_best_chain(hold)
         for block_id, error in change.invalid:
             with self._lock:
                 source = self._block_source.get(block_id)
@@ -490,6 +503,11 @@ class BlockchainRole(Role):
             if state.best_height > tip_height and not state.in_flight and \
                     now - state.last_getheaders > HEADERS_RETRY_INTERVAL:
                 self._send_getheaders(peer)
+        held = self._held
+        if held is not None and time.monotonic() - held[1] > HOLD_TIMEOUT:  # the next block is slow to come
+            self._activate()
         self._request_blocks()
         if self.syncing():
             self._log_progress()
+        else:
+            self.store.flush()  # the coin changes a sync left in memory (see ChainStore.activate_best_chain)

@@ -51,7 +51,9 @@ MAX_LOCATOR_DENSE = 10  # the locator lists the last 10 blocks one by one, then 
 COIN_CACHE_SIZE = 200_000  # coins kept in memory, about 50 MB; Bitcoin's -dbcache is 450 MB
 FLUSH_EVERY_BLOCKS = 2_000  # while syncing, the utxo table is written at least this often
 FLUSH_DIRTY_COINS = 200_000  # ... or when this many coin changes wait
+WRITE_THROUGH_ROWS = 10_000  # at the tip, a batch of up to this many row changes is written at once
 AHEAD_BLOCKS = 4  # blocks whose signatures may be queued before they are connected
+RECENT_BLOCKS = 4  # blocks store_block keeps parsed, so connecting them needs no second parse
 SQLITE_CACHE_KIB = 64 * 1024  # SQLite's page cache; its default of 2 MB misses on every UTXO lookup
 
 SCHEMA = """
@@ -144,7 +146,7 @@ class ChainStore:
         self._add_token_column()
         self._db.execute("CREATE INDEX IF NOT EXISTS utxo_by_token ON utxo (token) WHERE token IS NOT NULL")
         self._path_cache: list[tuple[int, str]] = []  # the best header's branch, see _best_path
-        self._just_stored: Block | None = None  # the block store_block last kept: connected without a re-parse
+        self._recent: OrderedDict[str, Block] = OrderedDict()  # the last blocks store_block kept, parsed
         self._verifier = SignatureWorkers()  # processes, started with the first big block
         self._ahead: OrderedDict[str, SignatureBatch] = OrderedDict()  # signatures queued before the block is stored
         if self._header_row(network.genesis_id) is None:
@@ -161,6 +163,10 @@ class ChainStore:
         """Write the changes waiting in memory to the utxo and txindex tables."""
         with self.lock:
             self._flush_coins()
+
+    def prepare_to_sync(self) -> None:
+        """Start the signature workers now, not with the first big block: a sync is about to begin."""
+        self._verifier.start()
 
     def verify_ahead(self, block: Block) -> None:
         """Start verifying a block's signatures now, before it is checked further, stored and
@@ -391,7 +397,9 @@ class ChainStore:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT OR IGNORE INTO blocks (id, data) VALUES (?, ?)",
                              (block.block_id, _block_json(block)))
-            self._just_stored = block
+            self._recent[block.block_id] = block
+            while len(self._recent) > RECENT_BLOCKS:
+                self._recent.popitem(last=False)
             self._db.execute("UPDATE headers SET status = ? WHERE id = ? AND status = ?",
                              (HAVE_DATA, block.block_id, HEADER_ONLY))
             parent = self._db.execute("SELECT chain_data FROM headers WHERE id = ?", (block.header.prev,)).fetchone()
@@ -402,8 +410,11 @@ class ChainStore:
                     "ON h.prev = ready.id JOIN blocks b ON b.id = h.id) "
                     "UPDATE headers SET chain_data = 1 WHERE id IN (SELECT id FROM ready)", (block.block_id,))
 
-    def activate_best_chain(self) -> ChainChange:
-        """Move the tip to the most-work branch whose blocks we have, one block per transaction."""
+    def activate_best_chain(self, hold: str | None = None) -> ChainChange:
+        """Move the tip to the most-work branch whose blocks we have, one block per transaction.
+
+        `hold` names a block not to connect yet when it would be the new tip: while syncing, the
+        block just received waits for the next one, so its signatures are verified meanwhile."""
         disconnected: list[Block] = []
         connected: list[Block] = []
         invalid: list[tuple[str, ConsensusError]] = []
@@ -414,12 +425,17 @@ class ChainStore:
                     break
                 path = self._path_from_fork(target.block_id)
                 fork_height = path[0].height - 1
+                if path[-1].block_id == hold and fork_height == self.height:  # no reorg waits on it
+                    path.pop()
+                    if not path:
+                        break
                 while self.height > fork_height:
                     disconnected.append(self._disconnect_tip())
                 failed = False
                 for stored in path:
-                    just = self._just_stored
-                    block = just if just is not None and just.block_id == stored.block_id else self.block(stored.block_id)
+                    block = self._recent.pop(stored.block_id, None)
+                    if block is None:
+                        block = self.block(stored.block_id)
                     try:
                         self._connect(block, stored.height)
                     except ConsensusError as error:
@@ -431,8 +447,11 @@ class ChainStore:
                     connected.append(block)
                 if not failed:
                     break
-            if self._pending.due() or self.best_header().chainwork <= self.tip().chainwork:
-                self._flush_coins()  # at the best header (not syncing) the table follows every change
+            at_tip = self.best_header().chainwork <= self.tip().chainwork
+            if self._pending.due() or (at_tip and self._pending.rows() <= WRITE_THROUGH_ROWS):
+                # At the tip the tables follow every block. A big batch left by a sync is written
+                # by the next tick (flush), so the sync's last block is not held up by all of it.
+                self._flush_coins()
         disconnected.reverse()  # undone from the tip down; listed oldest first, as connected is
         return ChainChange(disconnected, connected, invalid)
 
@@ -656,6 +675,10 @@ class PendingCoins:
 
     def due(self) -> bool:
         return self.blocks >= FLUSH_EVERY_BLOCKS or len(self.created) + len(self.spent) >= FLUSH_DIRTY_COINS
+
+    def rows(self) -> int:
+        """How many rows a flush writes or deletes."""
+        return len(self.created) + len(self.spent) + len(self.txindex)
 
 
 class CoinCache:

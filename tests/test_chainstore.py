@@ -32,6 +32,7 @@ from protocol.messages.blocks import MAX_HEADERS, BlockMessage, Headers
 from protocol.messages.chaininfo import GetBlockchainInfo
 from protocol.networks import NETWORKS, Network
 from protocol.transaction import COIN, OutPoint
+from roles import chainstore
 from roles.chainstore import CONNECTED, HAVE_DATA, INVALID, ChainChange, ChainStore
 from tests.chain_builder import ChainBuilder, UtxoView, make_transaction, mine, unmine
 from tests.support import WireClient, frames, wait_until
@@ -386,6 +387,52 @@ def test_while_syncing_the_coins_wait_in_memory_and_at_the_best_header_they_are_
     store.activate_best_chain()  # the tip reaches the best header: everything is written
     assert table_rows(store, "utxo") == len(chain.view) and store.utxo_matches_replay()
     assert_on(store, chain)
+
+
+def test_a_big_batch_left_by_a_sync_waits_for_flush_and_then_the_tip_writes_through(open_store, monkeypatch):
+    monkeypatch.setattr(chainstore, "WRITE_THROUGH_ROWS", 10)  # this chain's batch counts as big
+    chain = busy_chain()
+    store = open_store()
+    for block in chain.blocks[1:]:
+        store.add_header(block.header, now=LATER)  # headers first: a sync
+    for block in chain.blocks[1:]:
+        store.store_block(block)
+        store.activate_best_chain()
+    assert store.height == chain.height and table_rows(store, "utxo") == 0  # at the tip, the batch waits
+    store.flush()  # as the blockchain role's tick does
+    assert table_rows(store, "txindex") == sum(len(block.transactions) for block in chain.blocks[1:])
+    assert table_rows(store, "utxo") == len(chain.view) and store.utxo_matches_replay()
+    give(store, [chain.add_block()])  # one block at the tip, under the bound: written at once
+    assert table_rows(store, "utxo") == len(chain.view)
+    assert_on(store, chain)
+
+
+def test_a_held_block_waits_while_its_parent_connects(open_store):
+    chain = busy_chain(6)
+    store = open_store()
+    give(store, chain.blocks[1:-1])
+    last = chain.blocks[-1]
+    give(store, [last], activate=False)
+    change = store.activate_best_chain(hold=last.block_id)
+    assert change.connected == [] and store.height == chain.height - 1  # stored, not connected
+    assert store.activate_best_chain().connected == [last]
+    assert_on(store, chain)
+
+
+def test_hold_does_not_stop_a_reorg(open_store):
+    chain = ChainBuilder(REGTEST)
+    chain.add_blocks(3)
+    fork = chain.fork(1)
+    fork.add_blocks(4)  # heights 2 to 5: more work than the chain's 3
+    store = open_store()
+    give(store, chain.blocks[1:])
+    give(store, fork.blocks[2:5], activate=False)
+    store.activate_best_chain(hold=fork.blocks[4].block_id)  # a reorg waits on it: not held
+    assert store.tip().block_id == fork.blocks[4].block_id
+    give(store, fork.blocks[5:], activate=False)
+    assert store.activate_best_chain(hold=fork.blocks[5].block_id).connected == []
+    assert store.activate_best_chain().connected == [fork.blocks[5]]
+    assert_on(store, fork)
 
 
 def test_a_node_killed_with_coins_in_memory_replays_them_when_it_reopens(open_store):

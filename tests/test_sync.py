@@ -32,7 +32,7 @@ from protocol.messages.chaininfo import BlockInfo, TxInfo
 from protocol.messages.inventory import GetData, InvItem, NotFound
 from protocol.networks import NETWORKS
 from protocol.transaction import COIN, OutPoint
-from roles.blockchain import MAX_BLOCKS_IN_FLIGHT_PER_PEER
+from roles.blockchain import HOLD_TIMEOUT, MAX_BLOCKS_IN_FLIGHT_PER_PEER
 
 from tests.chain_builder import ChainBuilder, Key, unmine
 from tests.support import NodeProcess, wait_until
@@ -212,6 +212,28 @@ def test_block_requests_a_peer_never_answers_move_to_another_peer_after_the_stal
     assert log_lines(b, "[SYNC] a block request stalled"), b.log()[-3000:]
     assert elapsed >= 1.0  # blocks 1-16 were waiting on the staller until the timeout
     staller.close()
+
+
+def test_a_block_waits_for_the_next_while_more_are_on_the_way_and_no_longer(start_node):
+    chain = ChainBuilder()
+    blocks = chain.add_blocks(3)
+    node = start_node(*REGTEST_ARGS, name="b")
+    peer = ChainPeer.open(node, services=1, height=len(blocks))
+    peer.recv_until("getheaders")
+    peer.send_headers(block.header for block in blocks)
+    wanted = {block.block_id for block in blocks}
+    assert {item.id for item in peer.getdata_until(wanted)} == wanted
+    client = ChainPeer.open(node)
+
+    peer.send_blocks(blocks[:1])
+    peer.until_pong()
+    assert client.info().height == 0  # block 1 waits for block 2: the pipelined sync (blockchain.md)
+    wait_until(lambda: client.info().height == 1, HOLD_TIMEOUT + 5, message="the held block connected by tick")
+    peer.send_blocks(blocks[1:])
+    peer.until_pong()
+    assert client.info().tip == chain.tip.block_id  # the last block asked for is connected at once
+    peer.close()
+    client.close()
 
 
 # -- 4. forks with less, equal and more work -------------------------------------------------------------------
