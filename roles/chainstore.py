@@ -147,7 +147,7 @@ class ChainStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS utxo_by_token ON utxo (token) WHERE token IS NOT NULL")
         self._path_cache: list[tuple[int, str]] = []  # the best header's branch, see _best_path
         self._recent: OrderedDict[str, Block] = OrderedDict()  # the last blocks store_block kept, parsed
-        self._verifier = SignatureWorkers()  # processes, started with the first big block
+        self._verifier = SignatureWorkers()  # processes, started by prepare_to_sync or the first big block
         self._ahead: OrderedDict[str, SignatureBatch] = OrderedDict()  # signatures queued before the block is stored
         if self._header_row(network.genesis_id) is None:
             self._store_genesis()

@@ -9,9 +9,9 @@ signature, and a handler thread busy in Python hands it over only every 5 ms
 (sys.getswitchinterval()). The pool then verified almost nothing until the
 block's end, when the handler thread waited for it.
 
-So the node starts worker processes, on the first block with enough
-signatures to be worth it (a node that never sees a big block starts none),
-and hands them jobs through a queue that the kernel keeps: a Unix
+So the node starts worker processes, when a sync of many blocks begins or
+on the first block with enough signatures to be worth it (a node that does
+neither starts none), and hands them jobs through a queue that the kernel keeps: a Unix
 SOCK_SEQPACKET socket pair, which delivers each job whole to one reader.
 Every worker reads jobs from the same socket, so an idle worker takes the
 next one. A job is text:
