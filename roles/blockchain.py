@@ -504,7 +504,7 @@ class BlockchainRole(Role):
                     now - state.last_getheaders > HEADERS_RETRY_INTERVAL:
                 self._send_getheaders(peer)
         held = self._held
-        if held is not None and time.monotonic() - held[1] > HOLD_TIMEOUT:  # the next block is slow to come
+        if held is not None and now - held[1] > HOLD_TIMEOUT:  # the next block is slow to come
             self._activate()
         self._request_blocks()
         if self.syncing():

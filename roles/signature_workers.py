@@ -11,8 +11,9 @@ block's end, when the handler thread waited for it.
 
 So the node starts worker processes, when a sync of many blocks begins or
 on the first block with enough signatures to be worth it (a node that does
-neither starts none), and hands them jobs through a queue that the kernel keeps: a Unix
-SOCK_SEQPACKET socket pair, which delivers each job whole to one reader.
+neither starts none), and hands them jobs through a queue that the kernel
+keeps: a Unix SOCK_SEQPACKET socket pair, which delivers each job whole to
+one reader.
 Every worker reads jobs from the same socket, so an idle worker takes the
 next one. A job is text:
 
